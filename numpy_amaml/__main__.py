@@ -1,0 +1,5 @@
+import sys
+
+from numpy_amaml.cli import main
+
+sys.exit(main())

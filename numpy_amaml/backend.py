@@ -1,0 +1,91 @@
+"""The one place that chooses the array library and the default float dtype.
+
+Every compute module writes ``from numpy_amaml.backend import xp`` and calls
+``xp.matmul``, ``xp.zeros`` ... ; ``xp`` forwards each attribute to the active
+library, so ``set_backend("cupy")`` switches all of them at once.
+
+Selection (first match wins):
+  * ``set_backend("numpy" | "cupy")`` / ``set_dtype("float32" | "float64")`` calls;
+  * environment variables ``NUMPY_AMAML_BACKEND`` and ``NUMPY_AMAML_DTYPE``;
+  * defaults: NumPy and float32 (training). Gradient checks use float64.
+"""
+import os
+
+import numpy
+
+BACKENDS = ("numpy", "cupy")
+DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
+
+_active = {"name": None, "module": None, "dtype": None}
+
+
+def _import_backend(name):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    if name == "numpy":
+        return numpy
+    try:
+        import cupy
+    except ImportError as err:
+        raise ImportError(
+            "backend 'cupy' was requested but CuPy is not installed; install the "
+            "cupy wheel matching your CUDA version (e.g. `pip install cupy-cuda12x`) "
+            "or use NUMPY_AMAML_BACKEND=numpy") from err
+    return cupy
+
+
+def set_backend(name):
+    """Make ``name`` ('numpy' or 'cupy') the array library of every compute module."""
+    _active["module"] = _import_backend(name)
+    _active["name"] = name
+
+
+def set_dtype(name):
+    """Make ``name`` ('float32' or 'float64') the default float dtype."""
+    if isinstance(name, type) or isinstance(name, numpy.dtype):
+        name = numpy.dtype(name).name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {tuple(DTYPES)}")
+    _active["dtype"] = DTYPES[name]
+
+
+def backend_name():
+    if _active["name"] is None:
+        set_backend(os.environ.get("NUMPY_AMAML_BACKEND", "numpy").lower())
+    return _active["name"]
+
+
+def array_module():
+    """The active array library (the ``numpy`` or ``cupy`` module)."""
+    backend_name()
+    return _active["module"]
+
+
+def float_dtype():
+    """The active default float dtype (numpy.float32 unless asked otherwise)."""
+    if _active["dtype"] is None:
+        set_dtype(os.environ.get("NUMPY_AMAML_DTYPE", "float32").lower())
+    return _active["dtype"]
+
+
+def asarray(a, dtype=None):
+    """Move ``a`` to the active library, as ``dtype`` (default: ``float_dtype()``)."""
+    return array_module().asarray(a, dtype=float_dtype() if dtype is None else dtype)
+
+
+def to_numpy(a):
+    """A NumPy copy of ``a`` (``a.get()`` for CuPy arrays, identity for NumPy)."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
+
+
+class _ArrayModule:
+    """Forwards ``xp.name`` to the active library, so a switch reaches every module."""
+
+    def __getattr__(self, name):
+        return getattr(array_module(), name)
+
+    def __repr__(self):
+        return f"<array module: {backend_name()}>"
+
+
+xp = _ArrayModule()

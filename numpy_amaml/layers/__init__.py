@@ -1,0 +1,13 @@
+"""Stateless layers. Each module has four functions (DESIGN §3):
+
+    forward(params, x, **config)            -> (y, cache)
+    backward(dy, cache)                     -> (dx, dparams)        vector-Jacobian product
+    r_forward(params, x, Rparams, Rx, cache) -> (Ry, rcache)        Jacobian-vector product
+    r_backward(dy, Rdy, cache, rcache)      -> (Rdx, Rdparams)      R-op of the backward pass
+
+Shapes carry an optional leading task axis ``...`` = () or (B,): when the params
+have it, x has it too and every task is computed independently in one batched op.
+``Rx=None`` means the input does not depend on the parameters (tangent zero).
+Images are NHWC: (..., N, H, W, C).
+"""
+from numpy_amaml.layers import linear, relu  # noqa: F401
