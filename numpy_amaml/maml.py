@@ -1,0 +1,128 @@
+"""MAML's inner loop and its exact reverse pass (DESIGN §2), batched over tasks.
+
+Notation (names in the code):  θ ``theta`` meta-parameters, φ_{i,k} ``phis[k]``
+per-task adapted parameters with a leading task axis (B, ...), α ``alpha`` the
+inner learning rate, λ_{i,k} ``adjoints[k]``, K ``inner_steps``, B tasks.
+
+Inner loop (every task at once):
+    φ_{i,0} = θ,   φ_{i,k+1} = φ_{i,k} − α ∇L^tr_i(φ_{i,k}),   k = 0 .. K−1
+Meta-objective:
+    J(θ, α) = (1/B) Σ_i L^val_i(φ_{i,K})
+Reverse pass (adjoints; H^tr_i v is an exact Hessian-vector product, R-operator):
+    λ_{i,K} = ∇L^val_i(φ_{i,K})
+    λ_{i,k} = λ_{i,k+1} − H^tr_i(φ_{i,k}) (α λ_{i,k+1})      k = K−1 .. 0
+    ∇_θ J   = (1/B) Σ_i λ_{i,0}
+First-order MAML drops the H terms: λ_{i,0} = λ_{i,K}.
+α hypergradient (reuses the inner gradients and the adjoints):
+    ∂J/∂α = −(1/B) Σ_i Σ_k ⟨λ_{i,k+1}, ∇L^tr_i(φ_{i,k})⟩
+    (K = 1: one dot product of ∇L^val_i(φ_{i,1}) and ∇L^tr_i(θ), both already computed.)
+
+α is a float (the paper) or a dict {param name: float} (one rate per tensor); the
+inner update scales each tensor's gradient by its own rate, and ∂J/∂α is then a
+dict restricted tensor by tensor. Only the φ_{i,k} and the inner gradients are
+stored (O(K·|θ|) memory); every HVP recomputes its activations.
+"""
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from numpy_amaml.backend import xp
+
+
+class TaskBatch(NamedTuple):
+    """B tasks: support (x_support, y_support) for the inner loop, query for J."""
+    x_support: object    # (B, N_support, *sample_shape)
+    y_support: object    # (B, N_support, ...) targets or integer labels
+    x_query: object      # (B, N_query, *sample_shape)
+    y_query: object
+
+
+@dataclass
+class MetaGradient:
+    """Everything one meta-batch gives: J, ∇_θ J, ∂J/∂α and the quantities behind them."""
+    loss: float                 # J = mean_i L^val_i(φ_{i,K})   (post-update query loss)
+    grad: dict                  # ∇_θ J, shaped like θ
+    dJ_dalpha: object           # float, or dict {name: float} for per-tensor α
+    support_loss: float         # mean_i L^tr_i(θ)              (pre-update support loss)
+    phis: list                  # φ_0 .. φ_K, each {name: (B, ...)}
+    inner_grads: list           # ∇L^tr(φ_0) .. ∇L^tr(φ_{K−1}), each {name: (B, ...)}
+    adjoints: list              # λ_0 .. λ_K, each {name: (B, ...)}
+
+
+def _rate(alpha, name):
+    return alpha[name] if isinstance(alpha, dict) else alpha
+
+
+def broadcast_to_tasks(theta, B):
+    """φ_{i,0} = θ for every task: (B, ...) read-only views, no copies."""
+    return {k: xp.broadcast_to(v, (B,) + v.shape) for k, v in theta.items()}
+
+
+def inner_loop(model, theta, x_support, y_support, alpha, inner_steps):
+    """Adapt θ to each task by K gradient steps on its support set.
+
+    Returns (phis, inner_grads, support_losses):
+      phis[k]        = φ_k,           k = 0..K     dicts of (B, ...) arrays
+      inner_grads[k] = ∇L^tr(φ_k),    k = 0..K−1
+      support_losses[k] = L^tr(φ_k)   arrays of shape (B,)
+    """
+    phi = broadcast_to_tasks(theta, x_support.shape[0])
+    phis, inner_grads, support_losses = [phi], [], []
+    for _ in range(inner_steps):
+        loss, grad = model.loss_and_grad(phi, x_support, y_support)
+        phi = {k: phi[k] - _rate(alpha, k) * grad[k] for k in phi}
+        inner_grads.append(grad)
+        support_losses.append(loss)
+        phis.append(phi)
+    return phis, inner_grads, support_losses
+
+
+def adapt(model, theta, x_support, y_support, alpha, inner_steps):
+    """φ_K only (for evaluation): the adapted per-task parameters after K steps."""
+    return inner_loop(model, theta, x_support, y_support, alpha, inner_steps)[0][-1]
+
+
+def _dot_per_tensor(a, b):
+    """{name: Σ over tasks and entries of a[name] ⊙ b[name]}."""
+    return {k: float((a[k] * b[k]).sum()) for k in a}
+
+
+def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False):
+    """J, ∇_θ J and ∂J/∂α for one meta-batch (exact, or first-order with ``first_order``).
+
+    theta: {name: array} shared meta-parameters; batch: a TaskBatch of B tasks;
+    alpha: float or {name: float}; inner_steps: K ≥ 1.
+    """
+    if inner_steps < 1:
+        raise ValueError(f"inner_steps must be ≥ 1, got {inner_steps}")
+    x_support, y_support, x_query, y_query = batch
+    B = x_support.shape[0]
+    phis, inner_grads, support_losses = inner_loop(model, theta, x_support, y_support, alpha, inner_steps)
+
+    query_losses, adjoint = model.loss_and_grad(phis[-1], x_query, y_query)   # λ_K
+    adjoints = [adjoint]
+    for k in reversed(range(inner_steps)):                                   # λ_k from λ_{k+1}
+        if not first_order:
+            scaled = {name: _rate(alpha, name) * adjoint[name] for name in adjoint}
+            H_scaled = model.hvp(phis[k], x_support, y_support, scaled)
+            adjoint = {name: adjoint[name] - H_scaled[name] for name in adjoint}
+        adjoints.insert(0, adjoint)
+
+    # ∂J/∂α = −(1/B) Σ_i Σ_k ⟨λ_{i,k+1}, ∇L^tr_i(φ_{i,k})⟩, tensor by tensor
+    per_tensor = {name: 0.0 for name in theta}
+    for k in range(inner_steps):
+        for name, value in _dot_per_tensor(adjoints[k + 1], inner_grads[k]).items():
+            per_tensor[name] -= value / B
+    dJ_dalpha = per_tensor if isinstance(alpha, dict) else sum(per_tensor.values())
+
+    return MetaGradient(
+        loss=float(query_losses.mean()),
+        grad={name: adjoints[0][name].mean(axis=0) for name in theta},
+        dJ_dalpha=dJ_dalpha,
+        support_loss=float(support_losses[0].mean()),
+        phis=phis, inner_grads=inner_grads, adjoints=adjoints)
+
+
+def meta_objective(model, theta, batch, alpha, inner_steps):
+    """J(θ, α) = (1/B) Σ_i L^val_i(φ_{i,K}) alone (for finite-difference checks)."""
+    phi_K = adapt(model, theta, batch[0], batch[1], alpha, inner_steps)
+    return float(model.loss(phi_K, batch[2], batch[3]).mean())
