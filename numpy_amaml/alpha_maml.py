@@ -10,6 +10,7 @@ non-finite loss, gradient or rate raises ``TrainingDiverged`` naming the iterati
 """
 import math
 
+from numpy_amaml.checks import NonFiniteError
 from numpy_amaml.maml import meta_gradient
 from numpy_amaml.optim import update_rate
 
@@ -57,7 +58,11 @@ class AlphaMAML:
     def step(self, batch):
         """One meta-iteration on a TaskBatch. Returns a dict for the metrics log."""
         self.iteration += 1
-        mg = meta_gradient(self.model, self.theta, batch, self.alpha, self.inner_steps, self.first_order)
+        try:
+            mg = meta_gradient(self.model, self.theta, batch, self.alpha, self.inner_steps, self.first_order)
+        except NonFiniteError as err:     # e.g. the inner loop blew φ up to Inf
+            raise TrainingDiverged(f"iteration {self.iteration}: {err}; try a smaller α, β or "
+                                   f"hypergradient rate") from err
         grad_norm = math.sqrt(sum(float((g * g).sum()) for g in mg.grad.values()))
         self._check_finite(query_loss=mg.loss, support_loss=mg.support_loss, grad_norm=grad_norm)
 

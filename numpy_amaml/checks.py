@@ -2,6 +2,10 @@
 from numpy_amaml.backend import xp
 
 
+class NonFiniteError(ValueError):
+    """An array that must be finite holds NaN or Inf."""
+
+
 def check_float_array(a, name, ndim=None, finite=True):
     """Raise TypeError/ValueError unless ``a`` is a real floating array.
 
@@ -18,7 +22,7 @@ def check_float_array(a, name, ndim=None, finite=True):
             raise ValueError(f"{name} must have rank {' or '.join(map(str, allowed))}, "
                              f"got shape {tuple(a.shape)}")
     if finite and not bool(xp.isfinite(a).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise NonFiniteError(f"{name} contains NaN or Inf")
 
 
 def check_params(params, shapes, name="params"):
