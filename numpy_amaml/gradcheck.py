@@ -21,6 +21,11 @@ def rel_error(a, b):
     if isinstance(a, dict):
         if set(a) != set(b):
             raise ValueError(f"rel_error: keys differ: {sorted(a)} vs {sorted(b)}")
+        for k in a:
+            if np.shape(a[k]) != np.shape(b[k]):
+                raise ValueError(f"rel_error: shapes differ at {k!r}: {np.shape(a[k])} vs {np.shape(b[k])}")
+        if not a:
+            return 0.0
         a = np.concatenate([to_numpy(a[k]).ravel() for k in sorted(a)])
         b = np.concatenate([to_numpy(b[k]).ravel() for k in sorted(b)])
     a, b = to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)
@@ -157,16 +162,38 @@ def check_model_gradient(model, params, x, y, h=1e-5):
     return rel_error(grads, numeric)
 
 
+def _norm(d):
+    """Euclidean norm of a dict of arrays, over all entries."""
+    return float(np.sqrt(sum(float((a * a).sum()) for a in d.values())))
+
+
+def _random_direction(params, rng):
+    """A random direction like ``params``, of unit norm over all entries."""
+    d = {k: _random_like(a, rng) for k, a in params.items()}
+    norm = _norm(d)
+    return {k: a / norm for k, a in d.items()}
+
+
 def check_model_hvp(model, params, x, y, v=None, seed=0, h=1e-5):
-    """Check model.hvp (exact R-operator H v) three ways; returns
-      {"hvp": rel_error(H v, (∇L(θ + h v) − ∇L(θ − h v)) / 2h),
-       "symmetry": |⟨u, H v⟩ − ⟨v, H u⟩| / (|⟨u, H v⟩| + |⟨v, H u⟩|)}."""
+    """Check model.hvp (exact R-operator H v) two ways; returns
+      {"hvp": rel_error(H v, ‖v‖ (∇L(θ + h v̂) − ∇L(θ − h v̂)) / 2h),   v̂ = v / ‖v‖,
+       "symmetry": |⟨u, H v⟩ − ⟨v, H u⟩| / (|⟨u, H v⟩| + |⟨v, H u⟩|)}.
+    v (default: random, unit norm) and u (random, unit norm) are dicts like params.
+    The difference steps along the unit vector v̂, so h is the distance moved in
+    parameter space whatever the size of v or of the model (a step h‖v‖ of a big v
+    would often straddle a ReLU or max-pool kink, where the gradient jumps)."""
     rng = np.random.default_rng(seed)
     if v is None:
-        v = {k: _random_like(a, rng) for k, a in params.items()}
-    u = {k: _random_like(a, rng) for k, a in params.items()}
+        v = _random_direction(params, rng)
+    u = _random_direction(params, rng)
     Hv, Hu = model.hvp(params, x, y, v), model.hvp(params, x, y, u)
-    numeric = directional_derivative(lambda p: model.loss_and_grad(p, x, y)[1], params, v, h)
+    norm = _norm(v)
+    if norm == 0.0:
+        numeric = {k: xp.zeros_like(a) for k, a in Hv.items()}
+    else:
+        v_hat = {k: a / norm for k, a in v.items()}
+        numeric = directional_derivative(lambda p: model.loss_and_grad(p, x, y)[1], params, v_hat, h)
+        numeric = {k: norm * a for k, a in numeric.items()}
     uHv = sum(float((u[k] * Hv[k]).sum()) for k in params)
     vHu = sum(float((v[k] * Hu[k]).sum()) for k in params)
     return {"hvp": rel_error(Hv, numeric),

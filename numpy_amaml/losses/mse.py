@@ -4,9 +4,11 @@
     dpred = 2 (pred − target) / M
     R{dpred} = 2 Rpred / M
 """
+from numpy_amaml.checks import check_float_array
 
 
 def forward(pred, target):
+    check_float_array(target, "MSE target")
     if pred.shape != target.shape:
         raise ValueError(f"MSE: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
     diff = pred - target
