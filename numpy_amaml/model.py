@@ -77,9 +77,9 @@ class Model:
                 v = {k: xp.broadcast_to(a, (x_B,) + a.shape) for k, a in v.items()}
         return params, v, shared
 
-    @staticmethod
-    def _sum_tasks(grads, shared):
-        return {k: g.sum(axis=0) for k, g in grads.items()} if shared else grads
+    def _finish(self, grads, shared):
+        """Put the backward sweep's dict back in layer order; sum over tasks if θ was shared."""
+        return {k: grads[k].sum(axis=0) if shared else grads[k] for k in self.param_shapes}
 
     # ---- sweeps -----------------------------------------------------------------
     def _forward(self, params, x):
@@ -112,7 +112,7 @@ class Model:
         for layer, cache in zip(reversed(self.layers), reversed(caches)):
             dh, dp = layer.module.backward(dh, cache)
             grads.update({f"{layer.name}.{k}": g for k, g in dp.items()})
-        return loss, self._sum_tasks(grads, shared)
+        return loss, self._finish(grads, shared)
 
     def loss_grad_hvp(self, params, x, y, v):
         """(loss, grads, Hv): the loss, its gradient, and the exact Hessian-vector
@@ -134,7 +134,7 @@ class Model:
             dh = dh_in
             grads.update({f"{layer.name}.{k}": g for k, g in dp.items()})
             hv.update({f"{layer.name}.{k}": g for k, g in Rdp.items()})
-        return loss, self._sum_tasks(grads, shared), self._sum_tasks(hv, shared)
+        return loss, self._finish(grads, shared), self._finish(hv, shared)
 
     def hvp(self, params, x, y, v):
         """Exact Hessian-vector product H v of the loss at params (dict like params)."""
