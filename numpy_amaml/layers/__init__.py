@@ -10,4 +10,4 @@ have it, x has it too and every task is computed independently in one batched op
 ``Rx=None`` means the input does not depend on the parameters (tangent zero).
 Images are NHWC: (..., N, H, W, C).
 """
-from numpy_amaml.layers import linear, relu  # noqa: F401
+from numpy_amaml.layers import linear, relu, conv2d, conv2d_naive, batchnorm, maxpool, meanpool, flatten  # noqa: F401

@@ -1,0 +1,267 @@
+"""Classroom assignments from the tutorial notebooks (nbgrader's conventions, nbgrader optional).
+
+A source notebook in ``tutorials/`` is the instructor's version: it runs top to bottom with
+the reference solutions in place. Three markers, all in code cells, make it an assignment:
+
+* a solution region: the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION``.
+  In the student version the region (markers included) becomes, at the indentation of
+  the ``### BEGIN SOLUTION`` line::
+
+      # YOUR CODE HERE
+      raise NotImplementedError()
+
+* a hidden-test region: the lines between ``### BEGIN HIDDEN TESTS`` and
+  ``### END HIDDEN TESTS``; the student version drops them (markers included).
+* a graded cell: a code cell whose first line is ``# GRADED: <exercise name>``; it holds the
+  assertions that check the student's function (against finite differences or the package).
+
+These are nbgrader's own markers, and the source notebooks also carry nbgrader's cell
+metadata, so ``nbgrader generate_assignment`` / ``autograde`` work on them too; this module
+needs nothing beyond the standard library (a notebook is JSON).
+
+Command line::
+
+    python -m numpy_amaml assignments make OUT_DIR [--source tutorials]
+
+writes the student version of every ``*.ipynb`` in the source folder to OUT_DIR (outputs
+cleared) and prints, per notebook, the exercises, solution regions and hidden tests removed.
+"""
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
+GRADED_PREFIX = "# GRADED:"
+DEFAULT_SOURCE = Path(__file__).resolve().parent.parent / "tutorials"
+_GRADED = re.compile(r"^# GRADED:\s*(\S.*?)\s*$")
+
+
+class AssignmentError(ValueError):
+    """A source notebook's markers are malformed (unbalanced, nested, misplaced)."""
+
+
+@dataclass
+class Summary:
+    """What making the student version of one notebook did."""
+    notebook: str
+    exercises: list          # names of the graded cells, in order
+    solutions_replaced: int  # solution regions replaced by the stub
+    hidden_tests_removed: int
+
+
+# ---- notebooks as JSON ------------------------------------------------------------------
+
+def read_notebook(path):
+    """The notebook at ``path`` as a dict (nbformat 4 JSON)."""
+    with open(path, encoding="utf-8") as f:
+        nb = json.load(f)
+    if nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
+        raise AssignmentError(f"{path}: not an nbformat-4 notebook")
+    return nb
+
+
+def write_notebook(nb, path):
+    """Write ``nb`` as nbformat does (1-space indent, UTF-8, trailing newline)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(nb, f, indent=1, ensure_ascii=False, sort_keys=True)
+        f.write("\n")
+
+
+def cell_source(cell):
+    """A cell's source as one string (the JSON may hold a string or a list of lines)."""
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def _set_source(cell, text):
+    cell["source"] = text.splitlines(keepends=True)
+
+
+def clear_outputs(nb):
+    """Drop every code cell's outputs and execution count, in place; returns ``nb``."""
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    return nb
+
+
+# ---- markers ------------------------------------------------------------------------------
+
+def graded_name(cell):
+    """The exercise name of a graded cell (first line ``# GRADED: name``), else None."""
+    if cell["cell_type"] != "code":
+        return None
+    lines = cell_source(cell).lstrip("\n").splitlines()
+    match = _GRADED.match(lines[0].strip()) if lines else None
+    return match.group(1) if match else None
+
+
+def graded_cells(nb):
+    """[(cell index, exercise name)] of the graded cells, in notebook order."""
+    return [(i, name) for i, cell in enumerate(nb["cells"]) if (name := graded_name(cell))]
+
+
+def _regions(text, begin, end, where):
+    """[(first line, last line)] (inclusive, 0-based) of the begin/end regions of ``text``."""
+    regions, start = [], None
+    for n, line in enumerate(text.splitlines()):
+        stripped = line.strip()
+        if stripped == begin:
+            if start is not None:
+                raise AssignmentError(f"{where}: line {n + 1}: {begin!r} inside another region")
+            start = n
+        elif stripped == end:
+            if start is None:
+                raise AssignmentError(f"{where}: line {n + 1}: {end!r} without {begin!r}")
+            regions.append((start, n))
+            start = None
+    if start is not None:
+        raise AssignmentError(f"{where}: line {start + 1}: {begin!r} is never closed by {end!r}")
+    return regions
+
+
+def solution_regions(text, where="cell"):
+    """The solution regions of a cell's source: [(indentation, [lines between the markers])]."""
+    lines = text.splitlines()
+    return [(_indent(lines[a]), lines[a + 1:b]) for a, b in _regions(text, BEGIN_SOLUTION, END_SOLUTION, where)]
+
+
+def _indent(line):
+    return line[:len(line) - len(line.lstrip())]
+
+
+def _replace_regions(text, begin, end, where, replacement):
+    """Replace each begin..end region (markers included) by ``replacement(indent)`` lines."""
+    lines = text.splitlines()
+    regions = _regions(text, begin, end, where)
+    out, pos = [], 0
+    for a, b in regions:
+        out += lines[pos:a] + replacement(_indent(lines[a]))
+        pos = b + 1
+    out += lines[pos:]
+    return "\n".join(out) + ("\n" if text.endswith("\n") and out else ""), len(regions)
+
+
+def strip_solutions(text, where="cell"):
+    """Replace every solution region by ``# YOUR CODE HERE`` + ``raise NotImplementedError()``.
+    Returns (new text, number of regions replaced)."""
+    return _replace_regions(text, BEGIN_SOLUTION, END_SOLUTION, where,
+                            lambda indent: [indent + line for line in STUB])
+
+
+def strip_hidden_tests(text, where="cell"):
+    """Remove every hidden-test region. Returns (new text, number of regions removed)."""
+    return _replace_regions(text, BEGIN_HIDDEN, END_HIDDEN, where, lambda indent: [])
+
+
+def insert_solutions(student_text, regions, where="cell"):
+    """The inverse of ``strip_solutions``: put ``regions`` (from ``solution_regions`` of the
+    source cell, in order) back in place of the stubs. Used to prove the round trip."""
+    lines, out, k = student_text.splitlines(), [], 0
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == STUB[0] and i + 1 < len(lines) and lines[i + 1].strip() == STUB[1]:
+            if k >= len(regions):
+                raise AssignmentError(f"{where}: more stubs than solution regions")
+            indent, body = regions[k]
+            out += [indent + BEGIN_SOLUTION, *body, indent + END_SOLUTION]
+            k, i = k + 1, i + 2
+        else:
+            out.append(lines[i])
+            i += 1
+    if k != len(regions):
+        raise AssignmentError(f"{where}: {len(regions)} solution regions but {k} stubs")
+    return "\n".join(out) + ("\n" if student_text.endswith("\n") else "")
+
+
+# ---- the student version ----------------------------------------------------------------------
+
+def student_notebook(nb, name="notebook"):
+    """The student version of ``nb`` (a new dict) and its ``Summary``.
+
+    Code cells: solution regions -> stub, hidden-test regions removed. Every cell: outputs
+    cleared. Markdown cells are copied as they are. Raises ``AssignmentError`` for
+    malformed markers, duplicate exercise names, or a graded cell holding a solution.
+    """
+    out = json.loads(json.dumps(nb))          # a deep copy
+    names = [n for _, n in graded_cells(out)]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise AssignmentError(f"{name}: exercise names used by more than one graded cell: {duplicates}")
+    replaced = removed = 0
+    for i, cell in enumerate(out["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        where = f"{name}, cell {i}"
+        text = cell_source(cell)
+        text, n_hidden = strip_hidden_tests(text, where)
+        text, n_solutions = strip_solutions(text, where)
+        if n_solutions and graded_name(cell):
+            raise AssignmentError(f"{where}: a graded cell must not hold a solution region")
+        replaced, removed = replaced + n_solutions, removed + n_hidden
+        _set_source(cell, text)
+    clear_outputs(out)
+    return out, Summary(name, names, replaced, removed)
+
+
+def make_student_versions(source_dir, out_dir):
+    """Write the student version of every ``*.ipynb`` in ``source_dir`` into ``out_dir``.
+
+    Returns the list of ``Summary``, one per notebook, in file-name order.
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"assignments: source folder {source_dir} does not exist")
+    paths = sorted(source_dir.glob("*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"assignments: no .ipynb notebooks in {source_dir}")
+    if out_dir.resolve() == source_dir.resolve():
+        raise ValueError("assignments: OUT_DIR must differ from the source folder "
+                         "(the student versions would overwrite the solutions)")
+    versions = [student_notebook(read_notebook(p), p.name) for p in paths]   # all checked first
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, (nb, _) in zip(paths, versions):
+        write_notebook(nb, out_dir / path.name)
+    return [summary for _, summary in versions]
+
+
+def format_summary(summaries):
+    """A plain-text table of ``Summary`` rows, with a total line."""
+    rows = [(s.notebook, str(len(s.exercises)), str(s.solutions_replaced), str(s.hidden_tests_removed),
+             ", ".join(s.exercises) or "-") for s in summaries]
+    header = ("notebook", "exercises", "solutions replaced", "hidden tests removed", "graded cells")
+    widths = [max(len(r[c]) for r in rows + [header]) for c in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header[:4], widths)) + "  " + header[4]]
+    for r in rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
+    lines.append(f"total: {sum(len(s.exercises) for s in summaries)} exercises in {len(summaries)} notebooks")
+    return "\n".join(lines)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    make = sub.add_parser("make", help="write the student version of every tutorial notebook",
+                          description="Write the student version of every notebook: solution "
+                                      "regions replaced by `raise NotImplementedError()`, hidden "
+                                      "tests removed, outputs cleared.")
+    make.add_argument("out_dir", metavar="OUT_DIR", help="folder for the student notebooks (created)")
+    make.add_argument("--source", default=None,
+                      help=f"folder of the instructor notebooks (default: {DEFAULT_SOURCE})")
+
+
+def run(args):
+    source = Path(args.source) if args.source else DEFAULT_SOURCE
+    try:
+        summaries = make_student_versions(source, args.out_dir)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_summary(summaries))
+    print(f"student notebooks written to {args.out_dir}")
+    return 0
