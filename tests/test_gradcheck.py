@@ -12,12 +12,7 @@ from numpy_amaml.cli import main
 from numpy_amaml.model import Layer, Model
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = backend.float_dtype()
-    backend.set_dtype("float64")
-    yield
-    backend.set_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")   # every check in float64 (conftest.py)
 
 
 # ---- rel_error -----------------------------------------------------------------------

@@ -3,18 +3,13 @@ differences (DESIGN §7), in float64, at the 1e-6 bar; plus the closed forms of 
 import numpy as np
 import pytest
 
-from numpy_amaml import backend, gradcheck, layers, losses
+from numpy_amaml import gradcheck, layers, losses
 from numpy_amaml.backend import asarray, to_numpy
 
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = backend.float_dtype()
-    backend.set_dtype("float64")
-    yield
-    backend.set_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")   # every check in float64 (conftest.py)
 
 
 def randn(rng, *shape):

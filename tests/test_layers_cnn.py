@@ -13,12 +13,7 @@ from numpy_amaml.models import omniglot_cnn
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    previous = backend.float_dtype()
-    backend.set_dtype("float64")
-    yield
-    backend.set_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")   # every check in float64 (conftest.py)
 
 
 def randn(rng, *shape):

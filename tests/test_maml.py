@@ -7,7 +7,7 @@ its central differences to a relative error ≤ 1e-6.
 import numpy as np
 import pytest
 
-from numpy_amaml import gradcheck, layers, losses, models, set_dtype
+from numpy_amaml import gradcheck, layers, losses, models
 from numpy_amaml.alpha_maml import AlphaMAML, TrainingDiverged
 from numpy_amaml.maml import TaskBatch, adapt, meta_gradient, meta_objective
 from numpy_amaml.model import Layer, Model
@@ -17,11 +17,7 @@ TOL = 1e-6
 H = 1e-6   # small step: ReLU kinks must not fall inside [x − h, x + h]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    set_dtype("float64")
-    yield
-    set_dtype("float32")
+pytestmark = pytest.mark.usefixtures("float64")   # every check in float64 (conftest.py)
 
 
 def sinusoid_batch(B=3, N=5, seed=0):

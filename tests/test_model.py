@@ -16,12 +16,7 @@ TOL = 1e-6
 B, N = 3, 10
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = backend.float_dtype()
-    backend.set_dtype("float64")
-    yield
-    backend.set_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")   # every check in float64 (conftest.py)
 
 
 def sinusoid_batch(rng, task=()):
