@@ -12,6 +12,7 @@ COMMANDS = {
     "bench": ("numpy_amaml.bench", "time and measure the memory of one meta-iteration (prints a table)"),
     "train": ("numpy_amaml.train", "meta-train MAML or Alpha MAML on sinusoids or Omniglot"),
     "evaluate": ("numpy_amaml.evaluate", "meta-test a trained run: post-update MSE / accuracy with 95% CI"),
+    "sweep": ("numpy_amaml.sweep", "sensitivity to the initial (α, β): a grid of runs in parallel, heatmaps"),
 }
 
 

@@ -95,10 +95,26 @@ def forward(params, x, stride=1):
     return y.reshape(_out_shape(x.shape, stride, W.shape[-1])), (cols, W, tuple(x.shape), stride)
 
 
+def input_grad(dy, W, x_shape, stride):
+    """dx = col2im(dy Wmᵀ) (the transposed convolution): dy (..., N, H_out, W_out, C_out) -> x_shape.
+
+    With stride 1 it is itself a 3×3 convolution with padding 1, of dy with the kernel
+    flipped in space and transposed in its channels, W_flip[p, q] = W[2 − p, 2 − q]ᵀ:
+        dx[n, r, c] = Σ_{p,q} dy_pad[n, r + p, c + q] W[2 − p, 2 − q]ᵀ  = (im2col(dy) W_flip_m)[n, r, c],
+    which gathers (one copy of a strided view) instead of scatter-adding 9 blocks. The
+    gather copies 9·C_out numbers per pixel where col2im adds up 9·C_in, so it is used
+    when C_out ≤ C_in (not for a first layer reading a few input channels).
+    """
+    if stride == 1 and W.shape[-1] <= W.shape[-2]:
+        W_flip = xp.swapaxes(W[..., ::-1, ::-1, :, :], -1, -2)        # (..., 3, 3, C_out, C_in)
+        return (im2col(dy, 1) @ _matrix(W_flip)).reshape(x_shape)
+    return col2im(_rows(dy) @ _T(_matrix(W)), x_shape, stride)
+
+
 def backward(dy, cache):
     cols, W, x_shape, stride = cache
     dy_m = _rows(dy)
-    dx = col2im(dy_m @ _T(_matrix(W)), x_shape, stride)
+    dx = input_grad(dy, W, x_shape, stride)
     dparams = {"W": (_T(cols) @ dy_m).reshape(W.shape), "b": dy_m.sum(axis=-2)}
     return dx, dparams
 
@@ -119,9 +135,7 @@ def r_backward(dy, Rdy, cache, rcache):
     cols, W, x_shape, stride = cache
     Rcols, RW = rcache
     dy_m, Rdy_m = _rows(dy), _rows(Rdy)
-    Rdcols = Rdy_m @ _T(_matrix(W))
-    Rdcols += dy_m @ _T(_matrix(RW))
-    Rdx = col2im(Rdcols, x_shape, stride)
+    Rdx = input_grad(Rdy, W, x_shape, stride) + input_grad(dy, RW, x_shape, stride)
     RdW = _T(cols) @ Rdy_m
     if Rcols is not None:
         RdW += _T(Rcols) @ dy_m
