@@ -35,7 +35,16 @@ def _expand(a, ndim):
 
 
 def _mean(a, axes):
+    """E[a] over the statistic's axes, kept as size-1 axes: (..., 1, [1, 1,] C)."""
     return a.mean(axis=axes, keepdims=True)
+
+
+def _mean_of_product(a, b, axes):
+    """E[a b], shaped like _mean(a * b, axes) but without forming a·b: einsum adds up
+    the products as it goes (one pass over a and b, no temporary)."""
+    lead, C = a.shape[:axes[0]], a.shape[-1]              # (task axis,), channels
+    a_rows, b_rows = a.reshape(lead + (-1, C)), b.reshape(lead + (-1, C))   # (..., m, C)
+    return _expand(xp.einsum("...mc,...mc->...c", a_rows, b_rows) / a_rows.shape[-2], a.ndim)
 
 
 def forward(params, x, eps=1e-5):
@@ -45,7 +54,7 @@ def forward(params, x, eps=1e-5):
                          f"{tuple(beta.shape)}; expected x (..., N, [H, W,] C) and gamma, beta (..., C)")
     axes = tuple(range(gamma.ndim - 1, x.ndim - 1))        # (N, H, W) or (N,), after any task axis
     x_hat = x - _mean(x, axes)
-    sigma = xp.sqrt(_mean(x_hat * x_hat, axes) + eps)
+    sigma = xp.sqrt(_mean_of_product(x_hat, x_hat, axes) + eps)
     x_hat /= sigma
     gamma_x = _expand(gamma, x.ndim)
     y = x_hat * gamma_x
@@ -55,15 +64,12 @@ def forward(params, x, eps=1e-5):
 
 def backward(dy, cache):
     x_hat, gamma_x, sigma, axes = cache
-    m = x_hat.size // sigma.size                   # entries per statistic
-    dbeta = dy.sum(axis=axes, keepdims=True)        # Σ dy      = m E[dy]
-    dgamma = (dy * x_hat).sum(axis=axes, keepdims=True)   # Σ dy x̂ = m E[dy x̂]
-    scale = gamma_x / sigma
-    # dx = (γ/σ) (dy − E[dy] − x̂ E[dy x̂]), grouped so that only small arrays get combined
-    dx = dy * scale
-    dx -= x_hat * (scale * dgamma / m)
-    dx -= scale * dbeta / m
-    return dx, {"gamma": xp.squeeze(dgamma, axis=axes), "beta": xp.squeeze(dbeta, axis=axes)}
+    m = x_hat.size // sigma.size                             # entries per statistic
+    m_dy, m_dy_xhat = _mean(dy, axes), _mean_of_product(dy, x_hat, axes)   # E[dy], E[dy x̂]
+    dx = dy - m_dy                                           # dx = (γ/σ) (dy − E[dy] − x̂ E[dy x̂]),
+    dx -= x_hat * m_dy_xhat                                  # in place (no big temporaries but x̂ E[dy x̂])
+    dx *= gamma_x / sigma
+    return dx, {"gamma": xp.squeeze(m * m_dy_xhat, axis=axes), "beta": xp.squeeze(m * m_dy, axis=axes)}
 
 
 def r_forward(params, x, Rparams, Rx, cache):
@@ -73,10 +79,10 @@ def r_forward(params, x, Rparams, Rx, cache):
     Ry += _expand(Rparams["beta"], x_hat.ndim)
     Rx_hat = Rsigma = None
     if Rx is not None:
-        Rsigma = _mean(x_hat * Rx, axes)                      # Rσ = E[x̂ Rx]
+        Rsigma = _mean_of_product(x_hat, Rx, axes)                     # Rσ = E[x̂ Rx]
         Rx_hat = Rx - _mean(Rx, axes)
         Rx_hat -= x_hat * Rsigma
-        Rx_hat /= sigma                                       # Rx̂ = (Rx − E[Rx] − x̂ Rσ)/σ
+        Rx_hat /= sigma                                               # Rx̂ = (Rx − E[Rx] − x̂ Rσ)/σ
         Ry += gamma_x * Rx_hat
     return Ry, (Rx_hat, Rsigma, Rgamma_x)
 
@@ -84,26 +90,25 @@ def r_forward(params, x, Rparams, Rx, cache):
 def r_backward(dy, Rdy, cache, rcache):
     x_hat, gamma_x, sigma, axes = cache
     Rx_hat, Rsigma, Rgamma_x = rcache
+    m = x_hat.size // sigma.size                              # entries per statistic
     scale = gamma_x / sigma                                   # γ/σ
     Rscale = Rgamma_x / sigma                                 # R(γ/σ) = Rγ/σ − γ Rσ/σ²
     if Rsigma is not None:
         Rscale = Rscale - scale * Rsigma / sigma
-    # the means in g and Rg (small arrays)
-    m_dy, m_dy_xhat = _mean(dy, axes), _mean(dy * x_hat, axes)
-    Rdgamma_terms = Rdy * x_hat                               # summands of R{dγ}
-    m_Rdy, m_Rdy_xhat = _mean(Rdy, axes), _mean(Rdgamma_terms, axes)
+    # the means in g and Rg (small arrays, one pass each)
+    m_dy, m_dy_xhat = _mean(dy, axes), _mean_of_product(dy, x_hat, axes)
+    m_Rdy, m_Rdy_xhat = _mean(Rdy, axes), _mean_of_product(Rdy, x_hat, axes)
+    m_Rdxhat = m_Rdy_xhat                                     # E[R{dy} x̂ + dy Rx̂] = R{dγ}/m
+    if Rx_hat is not None:
+        m_Rdxhat = m_Rdy_xhat + _mean_of_product(dy, Rx_hat, axes)
     # R{dx} = (γ/σ) Rg + R(γ/σ) g, expanded; the x̂- and constant terms are collected
     # into small coefficient arrays:
     #   = (γ/σ)(R{dy} − Rx̂ E[dy x̂]) + R(γ/σ) dy
     #     − x̂ [(γ/σ)(E[R{dy} x̂] + E[dy Rx̂]) + R(γ/σ) E[dy x̂]] − [(γ/σ) E[R{dy}] + R(γ/σ) E[dy]]
-    x_hat_coef = scale * m_Rdy_xhat + Rscale * m_dy_xhat
     Rdx = Rdy * scale
     Rdx += dy * Rscale
     if Rx_hat is not None:
-        dy_Rx_hat = dy * Rx_hat
-        Rdgamma_terms += dy_Rx_hat
-        x_hat_coef += scale * _mean(dy_Rx_hat, axes)
         Rdx -= Rx_hat * (scale * m_dy_xhat)
-    Rdx -= x_hat * x_hat_coef
+    Rdx -= x_hat * (scale * m_Rdxhat + Rscale * m_dy_xhat)
     Rdx -= scale * m_Rdy + Rscale * m_dy
-    return Rdx, {"gamma": Rdgamma_terms.sum(axis=axes), "beta": Rdy.sum(axis=axes)}
+    return Rdx, {"gamma": xp.squeeze(m * m_Rdxhat, axis=axes), "beta": xp.squeeze(m * m_Rdy, axis=axes)}

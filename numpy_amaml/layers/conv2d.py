@@ -21,6 +21,8 @@ padded buffer and drops the padding (a transposed convolution).
     R{dx} = col2im(R{dy} Wmᵀ + dy RWmᵀ)
     R{dW} = cols(Rx)ᵀ dy + colsᵀ R{dy},   R{db} = Σ R{dy}
 (Σ runs over the M rows; the cols of x are computed once, in forward, and reused.)
+With stride 1, col2im(dy Wmᵀ) equals a 3×3 convolution of dy with the flipped kernel,
+which input_grad computes instead (a gather, cheaper than 9 scatter-adds; see there).
 conv2d_naive.py computes the same with explicit loops; the tests compare the two.
 """
 from numpy_amaml.backend import xp
@@ -55,6 +57,11 @@ def _matrix(W):
 def _rows(dy):
     """(..., N, H_out, W_out, C) -> (..., M, C)."""
     return dy.reshape(dy.shape[:-4] + (-1, dy.shape[-1]))
+
+
+def _flip(W):
+    """W_flip[p, q] = W[2 − p, 2 − q]ᵀ: (..., 3, 3, C_in, C_out) -> (..., 3, 3, C_out, C_in), a view."""
+    return _T(W[..., ::-1, ::-1, :, :])
 
 
 def im2col(x, stride):
@@ -95,26 +102,34 @@ def forward(params, x, stride=1):
     return y.reshape(_out_shape(x.shape, stride, W.shape[-1])), (cols, W, tuple(x.shape), stride)
 
 
-def input_grad(dy, W, x_shape, stride):
-    """dx = col2im(dy Wmᵀ) (the transposed convolution): dy (..., N, H_out, W_out, C_out) -> x_shape.
+def input_grad(terms, x_shape, stride):
+    """dx = col2im(Σ_k dy_k W_kmᵀ): the transposed convolution, summed over the pairs
+    terms = [(dy_k, W_k)] (one in backward; two in r_backward, where col2im, being linear,
+    is applied once to the sum).  dy_k (..., N, H_out, W_out, C_out) -> dx of shape x_shape.
 
     With stride 1 it is itself a 3×3 convolution with padding 1, of dy with the kernel
     flipped in space and transposed in its channels, W_flip[p, q] = W[2 − p, 2 − q]ᵀ:
-        dx[n, r, c] = Σ_{p,q} dy_pad[n, r + p, c + q] W[2 − p, 2 − q]ᵀ  = (im2col(dy) W_flip_m)[n, r, c],
+        dx[n, r, c] = Σ_{p,q} dy_pad[n, r + p, c + q] W[2 − p, 2 − q]ᵀ,   i.e.  dx = im2col(dy) W_flip_m,
     which gathers (one copy of a strided view) instead of scatter-adding 9 blocks. The
     gather copies 9·C_out numbers per pixel where col2im adds up 9·C_in, so it is used
     when C_out ≤ C_in (not for a first layer reading a few input channels).
     """
+    (dy, W), *more = terms
     if stride == 1 and W.shape[-1] <= W.shape[-2]:
-        W_flip = xp.swapaxes(W[..., ::-1, ::-1, :, :], -1, -2)        # (..., 3, 3, C_out, C_in)
-        return (im2col(dy, 1) @ _matrix(W_flip)).reshape(x_shape)
-    return col2im(_rows(dy) @ _T(_matrix(W)), x_shape, stride)
+        dx = im2col(dy, 1) @ _matrix(_flip(W))
+        for dy, W in more:
+            dx += im2col(dy, 1) @ _matrix(_flip(W))
+        return dx.reshape(x_shape)
+    dcols = _rows(dy) @ _T(_matrix(W))
+    for dy, W in more:
+        dcols += _rows(dy) @ _T(_matrix(W))
+    return col2im(dcols, x_shape, stride)
 
 
 def backward(dy, cache):
     cols, W, x_shape, stride = cache
     dy_m = _rows(dy)
-    dx = input_grad(dy, W, x_shape, stride)
+    dx = input_grad([(dy, W)], x_shape, stride)
     dparams = {"W": (_T(cols) @ dy_m).reshape(W.shape), "b": dy_m.sum(axis=-2)}
     return dx, dparams
 
@@ -135,7 +150,7 @@ def r_backward(dy, Rdy, cache, rcache):
     cols, W, x_shape, stride = cache
     Rcols, RW = rcache
     dy_m, Rdy_m = _rows(dy), _rows(Rdy)
-    Rdx = input_grad(Rdy, W, x_shape, stride) + input_grad(dy, RW, x_shape, stride)
+    Rdx = input_grad([(Rdy, W), (dy, RW)], x_shape, stride)
     RdW = _T(cols) @ Rdy_m
     if Rcols is not None:
         RdW += _T(Rcols) @ dy_m
