@@ -115,9 +115,37 @@ def peak_memory_case(case):
     return peak - before
 
 
+def _phase(func, stats, memo):
+    """{phase: weight} of one profiled function: a layer's forward/backward/r_forward/
+    r_backward or conv2d's im2col/col2im is its own phase; any other function belongs to
+    the phases of its callers, in proportion to the time spent under each caller; a
+    function outside the layers with no layer caller is "other"."""
+    if func in memo:
+        return memo[func]
+    filename, _, name = func
+    memo[func] = {"other": 1.0}                     # provisional, breaks recursion cycles
+    if "numpy_amaml/layers" in filename.replace("\\", "/") and name in PHASES + ("im2col", "col2im"):
+        memo[func] = {"im2col" if name == "col2im" else name: 1.0}
+        return memo[func]
+    callers = stats[func][4]
+    total = sum(ct for (_, _, _, ct) in callers.values())
+    if not callers or total == 0:
+        return memo[func]
+    mix = {}
+    for caller, (_, _, _, ct) in callers.items():
+        for phase, weight in _phase(caller, stats, memo).items():
+            mix[phase] = mix.get(phase, 0.0) + weight * ct / total
+    memo[func] = mix
+    return mix
+
+
 def phase_shares(case, iterations=3):
-    """{phase: share of the iteration's time} from a cProfile run (self time of the
-    layer functions; im2col/col2im counted apart from the conv functions that call them)."""
+    """{phase: share of the iteration's time} from a cProfile run.
+
+    Each function's own time goes to a phase: the layer functions forward, backward,
+    r_forward, r_backward (with the NumPy calls and helpers they make), im2col (conv2d's
+    im2col/col2im copies, wherever called), or other (losses, model and MAML glue, optimizer).
+    """
     model, theta, batch, alpha = make_problem(case)
     learner = _learner(case, model, theta, alpha)
     learner.step(batch)
@@ -127,16 +155,11 @@ def phase_shares(case, iterations=3):
         learner.step(batch)
     profiler.disable()
     stats = pstats.Stats(profiler).stats
-    total = sum(tottime for (_, _, tottime, _, _) in stats.values())
-    shares = dict.fromkeys(PHASES + ("im2col", "other"), 0.0)
-    for (filename, _, func), (_, _, tottime, _, _) in stats.items():
-        in_layers = "numpy_amaml/layers" in filename.replace("\\", "/")
-        if in_layers and ("im2col" in func or "col2im" in func):
-            shares["im2col"] += tottime
-        elif in_layers and func in PHASES:
-            shares[func] += tottime
-        else:
-            shares["other"] += tottime
+    shares, memo = dict.fromkeys(PHASES + ("im2col", "other"), 0.0), {}
+    for func, (_, _, tottime, _, _) in stats.items():
+        for phase, weight in _phase(func, stats, memo).items():
+            shares[phase] += weight * tottime
+    total = sum(shares.values())
     return {k: v / total for k, v in shares.items()}
 
 
@@ -176,7 +199,8 @@ def run(args):
     if one in memory and five in memory:
         print(f"peak memory, 5 inner steps / 1 inner step: {memory[five] / memory[one]:.2f}×")
     if not args.no_phases:
-        print(f"\n{'time share by phase':40s} " + " ".join(f"{p:>10s}" for p in PHASES + ("im2col", "other")))
+        print(f"\n{'time share by phase':40s} "
+              + " ".join(f"{p:>10s}" for p in PHASES + ("im2col", "other")))
         for case in cases:
             shares = phase_shares(case)
             print(f"{case.name:40s} " + " ".join(f"{100 * shares[p]:9.1f}%" for p in PHASES + ("im2col", "other")))
