@@ -63,7 +63,7 @@ def test_meta_gradient_mlp_matches_finite_differences_of_J(K):
 
 
 @pytest.mark.parametrize("downsample", ["stride", "maxpool"])
-@pytest.mark.parametrize("K", [1, 2])
+@pytest.mark.parametrize("K", [1, 2, 3])
 def test_meta_gradient_cnn_matches_finite_differences_of_J(K, downsample):
     size = 8 if downsample == "stride" else 16       # four 2×2 pools need 16 pixels
     model = models.omniglot_cnn(ways=3, channels=3, downsample=downsample, image_size=size)
@@ -107,12 +107,16 @@ def test_per_tensor_alpha_meta_gradient_and_hypergradients(K):
         assert abs(r.dJ_dalpha[name] - numeric) <= TOL * max(abs(numeric), 1e-3), name
 
 
+@pytest.mark.parametrize("task", ["sinusoid", "omniglot"])
 @pytest.mark.parametrize("K", [1, 2, 3])
-def test_first_order_equals_query_gradient_at_adapted_parameters(K):
-    model, batch = small_mlp(), sinusoid_batch()
+def test_first_order_equals_query_gradient_at_adapted_parameters(K, task):
+    if task == "sinusoid":
+        model, batch, alpha = small_mlp(), sinusoid_batch(), 0.01
+    else:
+        model, batch, alpha = models.omniglot_cnn(ways=3, channels=3, image_size=8), image_batch(), 0.1
     theta = model.init_params(seed=1)
-    fo = meta_gradient(model, theta, batch, 0.01, K, first_order=True)
-    phi_K = adapt(model, theta, batch.x_support, batch.y_support, 0.01, K)
+    fo = meta_gradient(model, theta, batch, alpha, K, first_order=True)
+    phi_K = adapt(model, theta, batch.x_support, batch.y_support, alpha, K)
     _, query_grad = model.loss_and_grad(phi_K, batch.x_query, batch.y_query)
     expected = {k: g.mean(axis=0) for k, g in query_grad.items()}
     assert gradcheck.rel_error(fo.grad, expected) < 1e-14
