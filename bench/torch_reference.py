@@ -20,13 +20,18 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # the repository root
+from numpy_amaml.bench import cpu_model  # noqa: E402  (NumPy-only; describes the machine alike)
 
 
 def sinusoid_problem(B=25, K=10, Q=10, seed=0):
@@ -155,13 +160,7 @@ def max_grad_difference(make_problem):
 
 
 def machine_description():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"NumPy {np.__version__}, torch threads {torch.get_num_threads()}, float32")
 
 

@@ -9,6 +9,7 @@ CuPy the memory pool's peak instead. A separate profiled run splits the time int
 the layer phases (forward, backward, r_forward, r_backward, im2col/col2im).
 """
 import cProfile
+import os
 import platform
 import pstats
 import statistics
@@ -163,14 +164,17 @@ def phase_shares(case, iterations=3):
     return {k: v / total for k, v in shares.items()}
 
 
-def machine_description():
-    import os
-    cpu = platform.processor() or platform.machine()
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or platform.machine()
+
+
+def machine_description():
+    cpu = cpu_model()
     device = backend.backend_name()
     if device == "cupy":
         cp = backend.array_module()

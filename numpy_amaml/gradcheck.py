@@ -66,17 +66,16 @@ def directional_derivative(f, x, direction, h=1e-5):
             return {k: x[k] + s * direction[k] for k in x}
         return x + s * direction
     plus, minus = f(shift(h)), f(shift(-h))
+    if isinstance(plus, tuple):       # e.g. a layer's backward: (dx, dparams)
+        return tuple(_central_difference(p, m, h) for p, m in zip(plus, minus))
+    return _central_difference(plus, minus, h)
+
+
+def _central_difference(plus, minus, h):
+    """(plus − minus) / 2h for an array or a dict of arrays."""
     if isinstance(plus, dict):
         return {k: (plus[k] - minus[k]) / (2 * h) for k in plus}
-    if isinstance(plus, tuple):
-        return tuple(_tree_sub_div(p, m, 2 * h) for p, m in zip(plus, minus))
     return (plus - minus) / (2 * h)
-
-
-def _tree_sub_div(p, m, d):
-    if isinstance(p, dict):
-        return {k: (p[k] - m[k]) / d for k in p}
-    return (p - m) / d
 
 
 def _random_like(a, rng):

@@ -10,9 +10,10 @@ Everything here is built from the layers' four functions and the loss's three:
     hvp:            forward + r_forward sweep, then backward + r_backward sweep
                     (Pearlmutter's R-operator: exact H v, never forming H)
 """
+import math
 from dataclasses import dataclass, field
 
-from numpy_amaml.backend import xp
+from numpy_amaml.backend import asarray, xp
 from numpy_amaml.checks import check_float_array, check_params
 
 
@@ -42,13 +43,12 @@ class Model:
     # ---- parameters -------------------------------------------------------------
     def init_params(self, seed=0, dtype=None):
         """Fresh parameters from the builder's documented initialisation, seeded."""
-        import numpy as np
-        from numpy_amaml.backend import asarray
+        import numpy as np     # host-side random draws; the arrays then move to the backend
         raw = self._init(np.random.default_rng(seed))
         return {k: asarray(raw[k], dtype) for k in self.param_shapes}
 
     def num_params(self):
-        import math
+        """Number of scalar parameters (without a task axis)."""
         return sum(math.prod(s) for s in self.param_shapes.values())
 
     def _layer_params(self, params, layer):
@@ -57,7 +57,8 @@ class Model:
 
     # ---- input checks -----------------------------------------------------------
     def _prepare(self, params, x, v=None):
-        """Validate; return (params, v, task_axis_of_x, params_were_shared)."""
+        """Validate; return (params, v, shared). With shared θ and a batched x, params
+        and v come back broadcast to (B, ...) views and ``shared`` is True."""
         B = check_params(params, self.param_shapes)
         rank = len(self.input_shape) + 1
         check_float_array(x, "x", ndim=(rank, rank + 1))

@@ -651,7 +651,7 @@ def plot_hyper(rows, path, metric_label, title):
                          and not r["diverged"] and r["metric"] is not None]
             if reference:
                 ax_metric.axhline(np.mean(reference), color=color, linestyle="--", linewidth=1,
-                                  label=f"MAML from the same start")
+                                  label="MAML from the same start")
         symbol = "γ_α" if kind == "gamma_alpha" else "γ_β"
         for ax in (ax_metric, ax_rate):
             ax.set_xscale("log")
