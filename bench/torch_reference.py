@@ -15,6 +15,8 @@ Two implementations per configuration:
   vmap  torch.func: functional_call + vmap over tasks of the inner-step function, torch.func.grad through it
 
 Run with the torch venv (see bench/README.md):  /work/torchvenv/bin/python bench/torch_reference.py
+On a machine with an NVIDIA GPU, ``--device cuda`` times the same code there (to set beside
+``NUMPY_AMAML_BACKEND=cupy python -m numpy_amaml bench``).
 """
 import argparse
 import os
@@ -38,8 +40,8 @@ def sinusoid_problem(B=25, K=10, Q=10, seed=0):
     model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
     rng = np.random.default_rng(seed)
     x_s, x_q = rng.uniform(-5, 5, (B, K, 1)), rng.uniform(-5, 5, (B, Q, 1))
-    data = [torch.tensor(a, dtype=torch.float32) for a in (x_s, np.sin(x_s), x_q, np.sin(x_q))]
-    return model, data, F.mse_loss, 0.01
+    data = [torch.tensor(a, dtype=torch.float32, device=DEVICE) for a in (x_s, np.sin(x_s), x_q, np.sin(x_q))]
+    return model.to(DEVICE), data, F.mse_loss, 0.01
 
 
 class BatchStatNorm(nn.Module):
@@ -59,6 +61,7 @@ class BatchStatNorm(nn.Module):
 
 
 NATIVE_BN = False   # --native-bn: nn.BatchNorm2d instead (loop correct, torch.func meta-gradient wrong)
+DEVICE = "cpu"      # --device
 
 
 def omniglot_problem(downsample, B=32, ways=5, shots=1, queries=1, seed=0):
@@ -81,9 +84,9 @@ def omniglot_problem(downsample, B=32, ways=5, shots=1, queries=1, seed=0):
     x_q = rng.random((B, ways * queries, 1, 28, 28)) < 0.1
     y_s = np.tile(np.repeat(np.arange(ways), shots), (B, 1))
     y_q = np.tile(np.repeat(np.arange(ways), queries), (B, 1))
-    data = [torch.tensor(x_s, dtype=torch.float32), torch.tensor(y_s),
-            torch.tensor(x_q, dtype=torch.float32), torch.tensor(y_q)]
-    return model, data, F.cross_entropy, 0.4
+    data = [torch.tensor(x_s, dtype=torch.float32, device=DEVICE), torch.tensor(y_s, device=DEVICE),
+            torch.tensor(x_q, dtype=torch.float32, device=DEVICE), torch.tensor(y_q, device=DEVICE)]
+    return model.to(DEVICE), data, F.cross_entropy, 0.4
 
 
 class MeanLast(nn.Module):
@@ -127,6 +130,11 @@ CASES = {
 }
 
 
+def synchronize():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_case(make_problem, meta_grad, warmup, repeats):
     """Median seconds per meta-iteration (meta-gradient + Adam step)."""
     torch.manual_seed(0)
@@ -143,8 +151,10 @@ def time_case(make_problem, meta_grad, warmup, repeats):
         step()
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         step()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -160,8 +170,9 @@ def max_grad_difference(make_problem):
 
 
 def machine_description():
+    device = "cpu" if DEVICE == "cpu" else f"cuda on {torch.cuda.get_device_name(0)}"
     return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"NumPy {np.__version__}, torch threads {torch.get_num_threads()}, float32")
+            f"NumPy {np.__version__}, torch threads {torch.get_num_threads()}, device {device}, float32")
 
 
 def main():
@@ -171,9 +182,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--only", default=None, help="run only rows whose name contains this text")
     parser.add_argument("--native-bn", action="store_true", help="nn.BatchNorm2d instead of BatchStatNorm")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the tensors live")
     args = parser.parse_args()
-    global NATIVE_BN
-    NATIVE_BN = args.native_bn
+    global NATIVE_BN, DEVICE
+    NATIVE_BN, DEVICE = args.native_bn, args.device
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float32)
     print(f"machine: {machine_description()}")

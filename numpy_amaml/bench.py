@@ -3,7 +3,9 @@
 Each row runs full Alpha MAML iterations (inner loop, exact reverse pass, α/β
 hypergradients, Adam step) on fixed synthetic task batches of the paper's shapes
 (the data pipeline is not timed). Time: median over ``--repeats`` iterations after
-``--warmup``. Memory: the peak of traced allocations (tracemalloc; NumPy reports
+``--warmup``, with the task axis split over ``threads`` CPU threads (numpy_amaml.parallel;
+by default 1 for the sinusoid and every core for the CNNs, as ``train`` does, plus one
+single-thread CNN row for comparison). Memory: the peak of traced allocations (tracemalloc; NumPy reports
 its buffers to it) during one iteration, above what was allocated before it; on
 CuPy the memory pool's peak instead. A separate profiled run splits the time into
 the layer phases (forward, backward, r_forward, r_backward, im2col/col2im).
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numpy_amaml import backend, models
+from numpy_amaml import backend, models, parallel
 from numpy_amaml.alpha_maml import AlphaMAML
 from numpy_amaml.maml import TaskBatch
 from numpy_amaml.optim import Adam
@@ -36,11 +38,13 @@ class BenchCase:
     ways: int = 5
     shots: int = 1
     queries: int = 1
+    threads: int = None       # CPU threads for the task axis (None: parallel.default_threads)
 
 
 CASES = (
     BenchCase("sinusoid MLP, B=25, K=10 shots", "sinusoid", meta_batch=25, shots=10, queries=10),
     BenchCase("CNN max-pool, 5-way 1-shot, B=32", "omniglot", downsample="maxpool"),
+    BenchCase("CNN max-pool, 1 thread", "omniglot", downsample="maxpool", threads=1),
     BenchCase("CNN strided, 5-way 1-shot, B=32", "omniglot", downsample="stride"),
     BenchCase("CNN max-pool, first order", "omniglot", downsample="maxpool", first_order=True),
     BenchCase("CNN max-pool, 5 inner steps", "omniglot", downsample="maxpool", inner_steps=5),
@@ -80,8 +84,16 @@ def _synchronize():
         backend.array_module().cuda.Device().synchronize()
 
 
+def case_threads(case, threads=None):
+    """The thread count of a row: the case's own, else ``threads`` (--threads), else the commands' default.
+    On CuPy the split is skipped, so 1."""
+    if backend.backend_name() != "numpy":
+        return 1
+    return case.threads or threads or parallel.default_threads(case.task)
+
+
 def time_case(case, warmup=2, repeats=10):
-    """Median seconds per meta-iteration."""
+    """Median seconds per meta-iteration (with the active thread setting)."""
     model, theta, batch, alpha = make_problem(case)
     learner = _learner(case, model, theta, alpha)
     for _ in range(warmup):
@@ -188,17 +200,22 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--only", default=None, help="run only rows whose name contains this text")
     parser.add_argument("--no-phases", action="store_true", help="skip the profiled phase breakdown")
+    parser.add_argument("--threads", type=int, metavar="T",
+                        help="CPU threads for rows without their own count (default: 1 sinusoid, all "
+                             f"cores CNN: {parallel.default_threads('omniglot')})")
 
 
 def run(args):
     cases = [c for c in CASES if args.only is None or args.only.lower() in c.name.lower()]
     print(f"machine: {machine_description()}")
-    print(f"{'configuration':40s} {'s / meta-iter':>14s} {'peak memory':>12s}")
+    print(f"{'configuration':40s} {'threads':>7s} {'s / meta-iter':>14s} {'peak memory':>12s}")
     memory = {}
     for case in cases:
+        parallel.set_threads(case_threads(case, args.threads))
         seconds = time_case(case, args.warmup, args.repeats)
         memory[case.name] = peak_memory_case(case)
-        print(f"{case.name:40s} {seconds:14.4f} {memory[case.name] / 2**20:9.1f} MiB", flush=True)
+        print(f"{case.name:40s} {parallel.threads():7d} {seconds:14.4f} {memory[case.name] / 2**20:9.1f} MiB",
+              flush=True)
     one, five = "CNN max-pool, 5-way 1-shot, B=32", "CNN max-pool, 5 inner steps"
     if one in memory and five in memory:
         print(f"peak memory, 5 inner steps / 1 inner step: {memory[five] / memory[one]:.2f}×")
@@ -206,6 +223,7 @@ def run(args):
         print(f"\n{'time share by phase':40s} "
               + " ".join(f"{p:>10s}" for p in PHASES + ("im2col", "other")))
         for case in cases:
+            parallel.set_threads(1)           # cProfile sees the calling thread only
             shares = phase_shares(case)
             print(f"{case.name:40s} " + " ".join(f"{100 * shares[p]:9.1f}%" for p in PHASES + ("im2col", "other")))
     return 0

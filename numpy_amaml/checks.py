@@ -40,7 +40,7 @@ def check_params(params, shapes, name="params"):
     task_axes = set()
     for key, shape in shapes.items():
         a = params[key]
-        check_float_array(a, f"{name}[{key!r}]")
+        check_float_array(a, f"{name}[{key!r}]", finite=False)     # finiteness: below, all at once
         shape = tuple(shape)
         if tuple(a.shape) == shape:
             task_axes.add(None)
@@ -51,4 +51,9 @@ def check_params(params, shapes, name="params"):
                              f"or (B,) + {shape} with a leading task axis")
     if len(task_axes) > 1:
         raise ValueError(f"{name} mix task-axis sizes / shared arrays: {sorted(map(str, task_axes))}")
+    # One device→host transfer for every array's flag: on a GPU each bool() would wait for the device.
+    finite = xp.stack([xp.isfinite(params[key]).all() for key in shapes]).tolist()
+    for key, ok in zip(shapes, finite):
+        if not ok:
+            raise NonFiniteError(f"{name}[{key!r}] contains NaN or Inf")
     return task_axes.pop() if task_axes else None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from numpy_amaml import parallel
 from numpy_amaml.backend import float_dtype, set_dtype, to_numpy
 from numpy_amaml.maml import TaskBatch, inner_loop
 from numpy_amaml.omniglot import OmniglotError
@@ -95,17 +96,18 @@ def evaluate_omniglot(model, theta, alpha, steps, sampler, tasks=600, batch_size
     return {k: mean_ci(np.concatenate(values)) for k, values in per_task.items()}
 
 
-def evaluate_run(run_dir, tasks=600, seed=None, steps=None, batch_size=None):
+def evaluate_run(run_dir, tasks=600, seed=None, steps=None, batch_size=None, threads=None):
     """Evaluate the checkpoint of a run folder; returns the dict written to evaluation.json.
-    None: the run's seed, the task's default steps and batch size."""
+    None: the run's seed, the task's default steps, batch size and CPU threads."""
     config, model, state = load_run(run_dir)
     seed = config.seed if seed is None else seed
     batch_size = batch_size or BATCH_SIZE[config.task]
     if steps is None:
         steps = (1, 10) if config.task == "sinusoid" else (config.test_inner_steps,)
     eval_seed = seed_streams(seed)["eval_tasks"]
-    previous_dtype = float_dtype()
+    previous_dtype, previous_threads = float_dtype(), parallel.threads()
     set_dtype(config.dtype)
+    parallel.set_threads(threads or parallel.default_threads(config.task))
     try:
         theta, alpha = state["theta"], state["alpha"]
         if config.task == "sinusoid":
@@ -119,6 +121,7 @@ def evaluate_run(run_dir, tasks=600, seed=None, steps=None, batch_size=None):
             metric = f"query accuracy ({config.ways}-way {config.shots}-shot, meta-test characters)"
     finally:
         set_dtype(previous_dtype)
+        parallel.set_threads(previous_threads)
     return {"run": str(run_dir), "task": config.task, "method": config.method,
             "iteration": state["iteration"], "alpha": alpha, "beta": state["optimizer"]["beta"],
             "tasks": tasks, "seed": seed, "metric": metric,
@@ -166,6 +169,9 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int,
                         help="tasks per array computation, for memory; the results do not depend on it "
                              f"(default {BATCH_SIZE['sinusoid']} sinusoid, {BATCH_SIZE['omniglot']} omniglot)")
+    parser.add_argument("--threads", type=int, metavar="T",
+                        help="CPU threads sharing the tasks of a batch; speed only (default: 1 sinusoid, "
+                             f"all cores omniglot: {parallel.default_threads('omniglot')})")
 
 
 def run(args):
@@ -173,8 +179,10 @@ def run(args):
     try:
         if args.tasks < 2 or (args.batch_size is not None and args.batch_size < 1):
             raise ConfigError("--tasks must be ≥ 2 (for a confidence interval) and --batch-size ≥ 1")
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
         steps = None if args.steps is None else _parse_steps(args.steps)
-        evaluation = evaluate_run(args.run_dir, args.tasks, args.seed, steps, args.batch_size)
+        evaluation = evaluate_run(args.run_dir, args.tasks, args.seed, steps, args.batch_size, args.threads)
     except (ConfigError, OmniglotError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,12 +9,15 @@ Everything here is built from the layers' four functions and the loss's three:
     loss_and_grad:  forward sweep, then backward sweep
     hvp:            forward + r_forward sweep, then backward + r_backward sweep
                     (Pearlmutter's R-operator: exact H v, never forming H)
+With a task axis, each sweep may run as several slices of that axis on CPU
+threads at once (numpy_amaml.parallel; ``set_threads``), with the same results.
 """
 import math
 from dataclasses import dataclass, field
 
 from numpy_amaml.backend import asarray, xp
 from numpy_amaml.checks import check_float_array, check_params
+from numpy_amaml.parallel import over_tasks
 
 
 @dataclass(frozen=True)
@@ -92,20 +95,44 @@ class Model:
             caches.append(cache)
         return h, inputs, caches
 
+    def _run(self, sweep, params, x, *rest):
+        """sweep(params, x, *rest); with a task axis on x, split over CPU threads
+        (numpy_amaml.parallel: the tasks are independent, the results identical)."""
+        if x.ndim == len(self.input_shape) + 2:
+            return over_tasks(sweep, x.shape[0], params, x, *rest)
+        return sweep(params, x, *rest)
+
     def predict(self, params, x):
         """Model output for x: (..., N, *input_shape) -> (..., N, out)."""
         params, _, _ = self._prepare(params, x)
-        return self._forward(params, x)[0]
+        return self._run(self._predict, params, x)
 
     def loss(self, params, x, y):
         """Loss per task: shape () or (B,)."""
         params, _, _ = self._prepare(params, x)
-        out = self._forward(params, x)[0]
-        return self.loss_module.forward(out, y)[0]
+        return self._run(self._loss, params, x, y)
 
     def loss_and_grad(self, params, x, y):
         """(loss, grads): loss per task (shape () or (B,)); grads like params."""
         params, _, shared = self._prepare(params, x)
+        loss, grads = self._run(self._loss_and_grad, params, x, y)
+        return loss, self._finish(grads, shared)
+
+    def loss_grad_hvp(self, params, x, y, v):
+        """(loss, grads, Hv): the loss, its gradient, and the exact Hessian-vector
+        product H v of the loss at params, all from one pass of each sweep."""
+        params, v, shared = self._prepare(params, x, v)
+        loss, grads, hv = self._run(self._loss_grad_hvp, params, x, y, v)
+        return loss, self._finish(grads, shared), self._finish(hv, shared)
+
+    # ---- the sweeps, on validated params (with the task axis of x, if any) --------
+    def _predict(self, params, x):
+        return self._forward(params, x)[0]
+
+    def _loss(self, params, x, y):
+        return self.loss_module.forward(self._forward(params, x)[0], y)[0]
+
+    def _loss_and_grad(self, params, x, y):
         out, _, caches = self._forward(params, x)
         loss, loss_cache = self.loss_module.forward(out, y)
         dh = self.loss_module.backward(loss_cache)
@@ -113,12 +140,9 @@ class Model:
         for layer, cache in zip(reversed(self.layers), reversed(caches)):
             dh, dp = layer.module.backward(dh, cache)
             grads.update({f"{layer.name}.{k}": g for k, g in dp.items()})
-        return loss, self._finish(grads, shared)
+        return loss, grads
 
-    def loss_grad_hvp(self, params, x, y, v):
-        """(loss, grads, Hv): the loss, its gradient, and the exact Hessian-vector
-        product H v of the loss at params, all from one pass of each sweep."""
-        params, v, shared = self._prepare(params, x, v)
+    def _loss_grad_hvp(self, params, x, y, v):
         out, inputs, caches = self._forward(params, x)
         Rh, rcaches = None, []          # Rx = None: the data does not depend on params
         for layer, h, cache in zip(self.layers, inputs, caches):
@@ -135,7 +159,7 @@ class Model:
             dh = dh_in
             grads.update({f"{layer.name}.{k}": g for k, g in dp.items()})
             hv.update({f"{layer.name}.{k}": g for k, g in Rdp.items()})
-        return loss, self._finish(grads, shared), self._finish(hv, shared)
+        return loss, grads, hv
 
     def hvp(self, params, x, y, v):
         """Exact Hessian-vector product H v of the loss at params (dict like params)."""

@@ -46,6 +46,8 @@ OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = 1 before it starts. T
 library reads them when NumPy is imported in the worker; without them, every worker would
 start one BLAS thread per core, and W workers × (cores) threads on a small machine (2 workers
 × 2 threads on 2 cores) spend their time contending for the cores instead of computing.
+For the same reason each cell trains and evaluates with one thread on the task axis
+(``threads=1``, numpy_amaml.parallel): the workers already use the cores.
 """
 import csv
 import io
@@ -196,7 +198,7 @@ def evaluate_cell(run_dir, config, tasks):
     for k in steps:
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                evaluation = evaluate_run(run_dir, tasks=tasks, steps=[k])
+                evaluation = evaluate_run(run_dir, tasks=tasks, steps=[k], threads=1)
         except NonFiniteError as err:
             rows[k] = {"steps": k, "mean": None, "ci95": None}
             failed[str(k)] = str(err)
@@ -232,7 +234,7 @@ def run_cell(job):
                   "iterations": config.iterations, "run_dir": str(Path(CELLS_DIR) / cell.name),
                   "diverged": False, "diverged_at": None, "message": None, "evaluation": None}
         try:
-            trainer = train_module.train(options, out=run_dir, progress=False)
+            trainer = train_module.train(options, out=run_dir, progress=False, threads=1)
             learner = trainer.learner
             result.update(final_alpha=learner.alpha, final_beta=learner.optimizer.beta,
                           alpha_clamps=learner.alpha_clamps, beta_clamps=learner.optimizer.beta_clamps,

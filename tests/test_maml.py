@@ -9,6 +9,7 @@ import pytest
 
 from numpy_amaml import gradcheck, layers, losses, models
 from numpy_amaml.alpha_maml import AlphaMAML, TrainingDiverged
+from numpy_amaml.backend import asarray, to_numpy
 from numpy_amaml.maml import TaskBatch, adapt, meta_gradient, meta_objective
 from numpy_amaml.model import Layer, Model
 from numpy_amaml.optim import SGD, Adam, update_rate
@@ -25,15 +26,15 @@ def sinusoid_batch(B=3, N=5, seed=0):
     amplitude = rng.uniform(0.1, 5, (B, 1, 1))
     phase = rng.uniform(0, np.pi, (B, 1, 1))
     x_support, x_query = rng.uniform(-5, 5, (B, N, 1)), rng.uniform(-5, 5, (B, N, 1))
-    return TaskBatch(x_support, amplitude * np.sin(x_support - phase),
-                     x_query, amplitude * np.sin(x_query - phase))
+    return TaskBatch(asarray(x_support), asarray(amplitude * np.sin(x_support - phase)),
+                     asarray(x_query), asarray(amplitude * np.sin(x_query - phase)))
 
 
 def image_batch(B=2, ways=3, size=8, seed=0):
     rng = np.random.default_rng(seed)
-    labels = np.tile(np.arange(ways), (B, 1))
-    return TaskBatch(rng.standard_normal((B, ways, size, size, 1)), labels,
-                     rng.standard_normal((B, ways, size, size, 1)), labels.copy())
+    labels = asarray(np.tile(np.arange(ways), (B, 1)), dtype=np.int64)
+    return TaskBatch(asarray(rng.standard_normal((B, ways, size, size, 1))), labels,
+                     asarray(rng.standard_normal((B, ways, size, size, 1))), labels.copy())
 
 
 def small_mlp():
@@ -141,10 +142,10 @@ def test_closed_form_linear_model_mse():
     theta = model.init_params(seed=9)
     Xs, Xq = rng.standard_normal((N, D)), rng.standard_normal((N, D))
     ys, yq = rng.standard_normal((N, 1)), rng.standard_normal((N, 1))
-    batch = TaskBatch(Xs[None], ys[None], Xq[None], yq[None])
+    batch = TaskBatch(asarray(Xs[None]), asarray(ys[None]), asarray(Xq[None]), asarray(yq[None]))
 
     As, Aq = np.hstack([Xs, np.ones((N, 1))]), np.hstack([Xq, np.ones((N, 1))])   # [X 1]
-    w = np.concatenate([theta["fc.W"][:, 0], theta["fc.b"]])
+    w = np.concatenate([to_numpy(theta["fc.W"])[:, 0], to_numpy(theta["fc.b"])])
     grad_tr = 2 / N * As.T @ (As @ w - ys[:, 0])
     H_tr = 2 / N * As.T @ As
     phi = w - alpha * grad_tr
@@ -152,7 +153,7 @@ def test_closed_form_linear_model_mse():
     by_hand = (np.eye(D + 1) - alpha * H_tr) @ grad_val
 
     r = meta_gradient(model, theta, batch, alpha, 1)
-    ours = np.concatenate([r.grad["fc.W"][:, 0], r.grad["fc.b"]])
+    ours = np.concatenate([to_numpy(r.grad["fc.W"])[:, 0], to_numpy(r.grad["fc.b"])])
     assert gradcheck.rel_error(ours, by_hand) < 1e-13
     assert r.dJ_dalpha == pytest.approx(-grad_val @ grad_tr, rel=1e-12)
 
@@ -164,7 +165,7 @@ def test_vectorized_meta_batch_equals_loop_over_tasks(first_order):
     batched = meta_gradient(model, theta, batch, 0.03, 2, first_order)
     singles = [meta_gradient(model, theta, TaskBatch(*(a[i:i + 1] for a in batch)), 0.03, 2, first_order)
                for i in range(5)]
-    looped = {k: np.mean([s.grad[k] for s in singles], axis=0) for k in theta}
+    looped = {k: np.mean([to_numpy(s.grad[k]) for s in singles], axis=0) for k in theta}
     assert gradcheck.rel_error(batched.grad, looped) < 1e-13
     assert batched.loss == pytest.approx(np.mean([s.loss for s in singles]), rel=1e-13)
     assert batched.dJ_dalpha == pytest.approx(np.mean([s.dJ_dalpha for s in singles]), rel=1e-12)

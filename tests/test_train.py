@@ -263,7 +263,7 @@ def test_checkpoint_round_trip(tmp_path):
     save_checkpoint(path, state)
     loaded = load_checkpoint(path)
     assert loaded["theta"]["fc1.W"].dtype == np.float32
-    np.testing.assert_array_equal(loaded["theta"]["fc1.W"], state["theta"]["fc1.W"])
+    np.testing.assert_array_equal(backend.to_numpy(loaded["theta"]["fc1.W"]), state["theta"]["fc1.W"])
     assert {k: v for k, v in loaded.items() if k != "theta"} == {k: v for k, v in state.items() if k != "theta"}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
 

@@ -15,7 +15,7 @@ def forward(logits, labels):
         raise ValueError(f"softmax cross-entropy: labels shape {tuple(labels.shape)} does not match "
                          f"logits shape {tuple(logits.shape)} without its class axis")
     C = logits.shape[-1]
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= C):
+    if labels.size and bool(((labels < 0) | (labels >= C)).any()):         # one check, one device sync
         raise ValueError(f"softmax cross-entropy: labels must lie in [0, {C}), got "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     N = logits.shape[-2]

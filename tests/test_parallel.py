@@ -1,0 +1,141 @@
+"""Splitting the task axis over CPU threads (numpy_amaml/parallel.py) changes the
+speed, not the numbers: every result must equal the one-thread result exactly."""
+import numpy as np
+import pytest
+
+from numpy_amaml import backend, models, parallel
+from numpy_amaml.maml import TaskBatch, meta_gradient
+
+
+@pytest.fixture
+def restore_threads(monkeypatch):
+    """Forget the thread setting (so NUMPY_AMAML_THREADS is read again) and restore it after."""
+    monkeypatch.setitem(parallel._state, "threads", None)
+    monkeypatch.delenv("NUMPY_AMAML_THREADS", raising=False)
+    return monkeypatch
+
+
+def with_threads(n, fn, *args):
+    parallel.set_threads(n)
+    return fn(*args)
+
+
+def to_host(result):
+    """A result (array, dict or tuple of these) as NumPy arrays, for exact comparison."""
+    if isinstance(result, tuple):
+        return tuple(to_host(r) for r in result)
+    if isinstance(result, dict):
+        return {k: backend.to_numpy(v) for k, v in result.items()}
+    return backend.to_numpy(result)
+
+
+def assert_same(a, b):
+    a, b = to_host(a), to_host(b)
+    if isinstance(a, tuple):
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def cnn_problem(B, seed=0):
+    """A small max-pool CNN and a batch of B 3-way 1-shot tasks on random images."""
+    rng = np.random.default_rng(seed)
+    model = models.omniglot_cnn(ways=3, channels=4, downsample="maxpool", image_size=12, blocks=2)
+    x = backend.asarray(rng.random((B, 3, 12, 12, 1)))
+    labels = backend.array_module().asarray(np.tile(np.arange(3), (B, 1)))
+    return model, model.init_params(seed), x, labels, rng
+
+
+# ---- settings -------------------------------------------------------------------------
+
+def test_default_is_one_thread(restore_threads):
+    assert parallel.threads() == 1
+
+
+def test_environment_variable(restore_threads):
+    restore_threads.setenv("NUMPY_AMAML_THREADS", "3")
+    assert parallel.threads() == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_bad_thread_counts_are_refused(restore_threads, bad):
+    with pytest.raises(ValueError, match="threads must be an integer ≥ 1"):
+        parallel.set_threads(bad)
+
+
+def test_bad_environment_variable_is_named(restore_threads):
+    restore_threads.setenv("NUMPY_AMAML_THREADS", "many")
+    with pytest.raises(ValueError, match="NUMPY_AMAML_THREADS must be an integer ≥ 1, got 'many'"):
+        parallel.threads()
+
+
+@pytest.mark.parametrize("B, n", [(32, 2), (5, 3), (7, 7), (1, 1)])
+def test_task_slices_cover_the_tasks_in_order(B, n):
+    slices = parallel.task_slices(B, n)
+    assert len(slices) == n
+    assert [i for s in slices for i in range(B)[s]] == list(range(B))
+    sizes = [s.stop - s.start for s in slices]
+    assert max(sizes) - min(sizes) <= 1
+
+
+# ---- the same numbers with any number of threads ---------------------------------------
+
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_model_sweeps_are_identical_with_threads(restore_threads, n):
+    """Shared θ (gradient summed over tasks) and per-task φ; 5 tasks, so 3 threads get
+    uneven slices and 8 threads are capped at 5."""
+    model, theta, x, y, rng = cnn_problem(B=5)
+    phi = {k: backend.asarray(rng.standard_normal((5,) + v.shape)) * 0.1 + v for k, v in theta.items()}
+    v = {k: backend.asarray(rng.standard_normal(a.shape)) for k, a in theta.items()}
+    calls = [(model.predict, theta, x), (model.loss, phi, x, y), (model.loss_and_grad, theta, x, y),
+             (model.loss_and_grad, phi, x, y), (model.loss_grad_hvp, theta, x, y, v)]
+    for fn, *args in calls:
+        assert_same(with_threads(n, fn, *args), with_threads(1, fn, *args))
+
+
+def test_meta_gradient_is_identical_with_threads(restore_threads):
+    model, theta, x, y, _ = cnn_problem(B=4)
+    batch = TaskBatch(x, y, x[:, ::-1], y)
+    two = with_threads(2, meta_gradient, model, theta, batch, 0.1, 2)
+    one = with_threads(1, meta_gradient, model, theta, batch, 0.1, 2)
+    assert two.loss == one.loss and two.dJ_dalpha == one.dJ_dalpha
+    assert_same(two.grad, one.grad)
+    for k in range(3):
+        assert_same(two.adjoints[k], one.adjoints[k])
+
+
+def test_samples_without_a_task_axis_are_not_split(restore_threads):
+    """Batch norm takes statistics over all N samples: one task's x must run whole.
+    (Split over samples, the statistics and so the outputs would change.)"""
+    model, theta, x, _, _ = cnn_problem(B=1)
+    x = x[0]                                            # (N, H, W, C): no task axis
+    assert_same(with_threads(3, model.predict, theta, x), with_threads(1, model.predict, theta, x))
+
+
+@pytest.mark.skipif(backend.backend_name() != "numpy", reason="np.errstate governs NumPy's loops, not GPU kernels")
+def test_callers_error_state_holds_in_the_threads(restore_threads):
+    """Each slice runs in a copy of the caller's context, so np.errstate reaches it:
+    an overflow inside a thread raises, as it does with one thread."""
+    model = models.sinusoid_mlp()
+    huge = {k: v * np.float32(1e20) for k, v in model.init_params(0).items()}
+    x, y = backend.asarray(np.ones((4, 5, 1))), backend.asarray(np.zeros((4, 5, 1)))
+    for n in (1, 2):
+        parallel.set_threads(n)
+        with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="overflow"):
+            model.loss_and_grad(huge, x, y)
+
+
+def test_training_run_is_identical_with_threads_and_restores_the_setting(restore_threads, tmp_path):
+    from numpy_amaml.train import train
+    options = dict(task="sinusoid", iterations=3, meta_batch=4, log_every=1, checkpoint_every=3)
+    parallel.set_threads(1)
+    one = train(options, out=tmp_path / "one", progress=False, threads=1)
+    two = train(options, out=tmp_path / "two", progress=False, threads=3)
+    assert parallel.threads() == 1
+    assert_same(two.learner.theta, one.learner.theta)
+    assert two.learner.alpha == one.learner.alpha
