@@ -21,11 +21,16 @@ First-order MAML drops the H terms: λ_{i,0} = λ_{i,K}.
 inner update scales each tensor's gradient by its own rate, and ∂J/∂α is then a
 dict restricted tensor by tensor. Only the φ_{i,k} and the inner gradients are
 stored (O(K·|θ|) memory); every HVP recomputes its activations.
+
+Everything up to the means over tasks is per task (``adapt_and_reverse``), so
+``meta_gradient`` may run it on slices of the tasks at once (CPU threads,
+numpy_amaml.parallel) before it takes the means; the numbers do not change.
 """
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from numpy_amaml.backend import xp
+from numpy_amaml.parallel import over_tasks
 
 
 class TaskBatch(NamedTuple):
@@ -86,18 +91,16 @@ def _dot_per_tensor(a, b):
     return {k: float((a[k] * b[k]).sum()) for k in a}
 
 
-def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False):
-    """J, ∇_θ J and ∂J/∂α for one meta-batch (exact, or first-order with ``first_order``).
+def adapt_and_reverse(model, theta, batch, alpha, inner_steps, first_order=False):
+    """The per-task part of a meta-gradient: the inner loop, then the reverse pass.
 
-    theta: {name: array} shared meta-parameters; batch: a TaskBatch of B tasks;
-    alpha: float or {name: float}; inner_steps: K ≥ 1.
+    Nothing is summed over tasks here, so any slice of the tasks can run on its own
+    (``meta_gradient`` runs slices on CPU threads). Returns
+    (query_losses (B,), support_losses [K × (B,)], phis, inner_grads, adjoints),
+    the lists as in ``inner_loop`` and ``MetaGradient``.
     """
-    if inner_steps < 1:
-        raise ValueError(f"inner_steps must be ≥ 1, got {inner_steps}")
     x_support, y_support, x_query, y_query = batch
-    B = x_support.shape[0]
     phis, inner_grads, support_losses = inner_loop(model, theta, x_support, y_support, alpha, inner_steps)
-
     query_losses, adjoint = model.loss_and_grad(phis[-1], x_query, y_query)   # λ_K
     adjoints = [adjoint]
     for k in reversed(range(inner_steps)):                                   # λ_k from λ_{k+1}
@@ -106,6 +109,24 @@ def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False):
             H_scaled = model.hvp(phis[k], x_support, y_support, scaled)
             adjoint = {name: adjoint[name] - H_scaled[name] for name in adjoint}
         adjoints.insert(0, adjoint)
+    return query_losses, support_losses, phis, inner_grads, adjoints
+
+
+def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False):
+    """J, ∇_θ J and ∂J/∂α for one meta-batch (exact, or first-order with ``first_order``).
+
+    theta: {name: array} shared meta-parameters; batch: a TaskBatch of B tasks;
+    alpha: float or {name: float}; inner_steps: K ≥ 1.
+    The per-task part (``adapt_and_reverse``) runs over slices of the tasks on CPU
+    threads (numpy_amaml.parallel; same numbers); the means over tasks follow.
+    """
+    if inner_steps < 1:
+        raise ValueError(f"inner_steps must be ≥ 1, got {inner_steps}")
+    B = batch[0].shape[0]
+
+    def per_task(*task_slice):
+        return adapt_and_reverse(model, theta, TaskBatch(*task_slice), alpha, inner_steps, first_order)
+    query_losses, support_losses, phis, inner_grads, adjoints = over_tasks(per_task, B, *batch)
 
     # ∂J/∂α = −(1/B) Σ_i Σ_k ⟨λ_{i,k+1}, ∇L^tr_i(φ_{i,k})⟩, tensor by tensor
     per_tensor = {name: 0.0 for name in theta}

@@ -34,6 +34,7 @@ from threadpoolctl import ThreadpoolController
 from numpy_amaml.backend import backend_name, xp
 
 _state = {"threads": None, "pool": None, "pool_size": 0, "blas": None}
+_inside_slice = contextvars.ContextVar("numpy_amaml_inside_slice", default=False)
 
 
 def set_threads(n):
@@ -78,13 +79,19 @@ def _take(a, s):
 
 
 def _join(parts):
-    """Concatenate per-chunk results along the task axis (arrays, dicts of arrays, or tuples)."""
+    """Concatenate per-slice results along the task axis (arrays, dicts of arrays, and
+    tuples or lists of these)."""
     first = parts[0]
-    if isinstance(first, tuple):
-        return tuple(_join([p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, (tuple, list)):
+        return type(first)(_join([p[i] for p in parts]) for i in range(len(first)))
     if isinstance(first, dict):
         return {k: xp.concatenate([p[k] for p in parts]) for k in first}
     return xp.concatenate(parts)
+
+
+def _run_slice(fn, *args):
+    _inside_slice.set(True)           # in this slice's own context: an inner over_tasks runs fn whole
+    return fn(*args)
 
 
 def over_tasks(fn, B, *args):
@@ -92,18 +99,19 @@ def over_tasks(fn, B, *args):
 
     B: the number of tasks; args: arrays or dicts of arrays, each with the task
     axis (B, ...) first (or None);
-    fn returns an array, a dict of arrays, or a tuple of these, each with the task
-    axis first. With one thread, on CuPy, or when B < 2, this is just fn(*args).
-    Each slice runs in a copy of the caller's context, so ``numpy.errstate`` and
-    other context settings of the caller hold in the threads too.
+    fn returns an array, a dict of arrays, or a tuple or list of these, each with
+    the task axis first. With one thread, on CuPy, when B < 2, or inside a slice
+    (a split does not split again), this is just fn(*args). Each slice runs in a
+    copy of the caller's context, so ``numpy.errstate`` holds in the threads too.
     """
     n = min(threads(), B)
-    if n == 1 or backend_name() != "numpy":
+    if n == 1 or backend_name() != "numpy" or _inside_slice.get():
         return fn(*args)
     if _state["pool_size"] < n:                      # made once, grown if T grows
         _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numpy_amaml")
         _state["pool_size"], _state["blas"] = n, ThreadpoolController()
     with _state["blas"].limit(limits=1, user_api="blas"):
-        futures = [_state["pool"].submit(contextvars.copy_context().run, fn, *(_take(a, s) for a in args))
+        futures = [_state["pool"].submit(contextvars.copy_context().run, _run_slice, fn,
+                                         *(_take(a, s) for a in args))
                    for s in task_slices(B, n)]
         return _join([f.result() for f in futures])

@@ -83,6 +83,24 @@ def test_task_slices_cover_the_tasks_in_order(B, n):
     assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.skipif(backend.backend_name() != "numpy", reason="CuPy never splits")
+def test_a_slice_is_not_split_again(restore_threads):
+    """meta_gradient splits the tasks, and the model calls inside each slice would split
+    again; they must run whole (nested waits on a pool of T threads could deadlock)."""
+    parallel.set_threads(2)
+    sizes = []
+
+    def inner(x):
+        sizes.append(x.shape[0])
+        return x
+
+    def outer(x):
+        return parallel.over_tasks(inner, x.shape[0], x)
+    x = backend.asarray(np.arange(8.0))
+    assert_same(parallel.over_tasks(outer, 8, x), x)
+    assert sorted(sizes) == [4, 4]
+
+
 # ---- the same numbers with any number of threads ---------------------------------------
 
 @pytest.mark.parametrize("n", [2, 3, 8])
