@@ -6,7 +6,9 @@
 #    against finite differences) with NUMPY_AMAML_BACKEND=cupy, so every array lives on the GPU;
 # 2. the gradient-check table;
 # 3. `python -m numpy_amaml bench` under CuPy (GPU times, the memory pool's peak);
-# 4. the PyTorch reference on the same GPU, when PyTorch is installed.
+# 4. the PyTorch reference on the same GPU, when PyTorch is installed: as PyTorch runs by
+#    default, and with TF32 off (NVIDIA_TF32_OVERRIDE=0), i.e. in full float32 like CuPy's
+#    matmuls (PyTorch lets cuDNN use TF32 for convolutions by default).
 # Each step has its own time limit, so one slow step cannot starve the others. PYTHON
 # picks the interpreter (default python3); the outputs go to OUT_DIR as text files.
 set -u
@@ -38,4 +40,6 @@ timeout 150 $PY -m numpy_amaml bench --warmup 3 --repeats 10 --no-phases 2>&1 | 
 
 if $PY -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   timeout 120 $PY bench/torch_reference.py --device cuda --warmup 3 --repeats 10 2>&1 | tee "$OUT/torch_cuda.txt"
+  NVIDIA_TF32_OVERRIDE=0 timeout 120 $PY bench/torch_reference.py --device cuda --warmup 3 --repeats 10 \
+    --only CNN 2>&1 | tee "$OUT/torch_cuda_no_tf32.txt"
 fi
