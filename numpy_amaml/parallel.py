@@ -1,7 +1,8 @@
 """Use every CPU core: split the task axis across threads.
 
 The B tasks of a meta-batch never interact, so any computation over the task axis
-(a model's sweeps: loss, gradient, Hessian-vector product) can run as T calls on
+(MAML's inner loop and reverse pass, maml.adapt_and_reverse; a model's sweeps:
+loss, gradient, Hessian-vector product) can run as T calls on
 contiguous slices of that axis, one per thread, with the per-task results joined
 back in order:
 
@@ -13,13 +14,13 @@ the time goes. NumPy's element-wise loops run on one core, so without this split
 half of a two-core machine idles through every ReLU, batch norm and im2col copy.
 
 BLAS must then run single-threaded inside the threads: T threads that each start T
-BLAS threads oversubscribe the cores (Omniglot CNN, 2 cores: 1.55 s per
-meta-iteration, against 0.70 s with one BLAS thread each and 1.2 s without the
-split). ``threadpoolctl`` sets that limit for the duration of the split.
+BLAS threads oversubscribe the cores (max-pool Omniglot CNN, 2 cores: 1.55 s per
+meta-iteration, against 0.70 s with one BLAS thread each, and 1.0 s with no split
+and two BLAS threads). ``threadpoolctl`` sets that limit for the duration of the split.
 
 Each task's numbers do not depend on the split (every per-task matmul is the same
 BLAS call on the same data), so T changes the speed, not the results; the tests
-check that. Settings, like the backend's: ``set_threads(T)``, or the environment
+check that, bit for bit. Settings, like the backend's: ``set_threads(T)``, or the environment
 variable ``NUMPY_AMAML_THREADS``; default 1. Small problems (the sinusoid MLP's
 arrays of a few hundred numbers) are faster with T = 1, because there the Python
 overhead, which threads cannot share, dominates. On CuPy the GPU is already
@@ -57,7 +58,7 @@ def threads():
 
 def default_threads(task):
     """The ``train``, ``evaluate`` and ``bench`` default for a task: every core for the
-    Omniglot CNN (2 cores: 0.70 s per meta-iteration with 2 threads, 1.2 s with 1),
+    Omniglot CNN (2 cores: 0.70 s per meta-iteration with 2 threads, 1.0 s with 1),
     one thread for the sinusoid MLP, whose arrays are so small that one is faster.
     Threads change the speed, never the numbers, so a run's config does not record them."""
     return (os.cpu_count() or 1) if task == "omniglot" else 1
@@ -97,17 +98,18 @@ def _run_slice(fn, *args):
 def over_tasks(fn, B, *args):
     """fn(*args), computed over the task axis in ``threads()`` slices at once.
 
-    B: the number of tasks; args: arrays or dicts of arrays, each with the task
-    axis (B, ...) first (or None);
-    fn returns an array, a dict of arrays, or a tuple or list of these, each with
-    the task axis first. With one thread, on CuPy, when B < 2, or inside a slice
+    B: the number of tasks; args: arrays or dicts of arrays (or None), each with
+    the task axis (B, ...) first. fn returns an array, a dict of arrays, or a tuple
+    or list of these, each with the task axis first. With one thread, on CuPy, when B < 2, or inside a slice
     (a split does not split again), this is just fn(*args). Each slice runs in a
     copy of the caller's context, so ``numpy.errstate`` holds in the threads too.
     """
     n = min(threads(), B)
     if n == 1 or backend_name() != "numpy" or _inside_slice.get():
         return fn(*args)
-    if _state["pool_size"] < n:                      # made once, grown if T grows
+    if _state["pool_size"] < n:                      # made once, replaced if T grows
+        if _state["pool"] is not None:
+            _state["pool"].shutdown(wait=False)
         _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numpy_amaml")
         _state["pool_size"], _state["blas"] = n, ThreadpoolController()
     with _state["blas"].limit(limits=1, user_api="blas"):

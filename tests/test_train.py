@@ -210,6 +210,28 @@ def test_float64_run(tmp_path, no_figures):
     assert load_checkpoint(out / "checkpoint.npz")["theta"]["fc1.W"].dtype == np.float64
 
 
+def test_threads_option(tmp_path, capsys, no_figures):
+    """--threads changes the speed only: the same run with 3 threads ends at the same θ, and
+    evaluates to the same table."""
+    code, one = train(tmp_path, "one", "--iterations", 4, "--threads", 1)
+    assert code == 0
+    code, three = train(tmp_path, "three", "--iterations", 4, "--threads", 3)
+    assert code == 0
+    theta_one = load_checkpoint(one / "checkpoint.npz")["theta"]
+    theta_three = load_checkpoint(three / "checkpoint.npz")["theta"]
+    for k in theta_one:
+        np.testing.assert_array_equal(theta_three[k], theta_one[k])
+    capsys.readouterr()
+    assert main(["evaluate", str(one), "--tasks", "8", "--threads", "1"]) == 0
+    table_one = capsys.readouterr().out.splitlines()[:-1]    # without the "written: <path>" line
+    assert main(["evaluate", str(three), "--tasks", "8", "--threads", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[:-1] == table_one
+    assert main(["train", "--out", str(tmp_path / "x"), "--threads", "0", *FAST]) == 2
+    assert "--threads must be ≥ 1, got 0" in capsys.readouterr().err
+    assert main(["evaluate", str(one), "--threads", "0"]) == 2
+    assert "--threads must be ≥ 1, got 0" in capsys.readouterr().err
+
+
 # ---- evaluation ---------------------------------------------------------------------------------
 
 def test_evaluate_writes_a_table_with_confidence_intervals(short_run, capsys):
