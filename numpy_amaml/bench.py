@@ -3,11 +3,11 @@
 Each row runs full Alpha MAML iterations (inner loop, exact reverse pass, α/β
 hypergradients, Adam step) on fixed synthetic task batches of the paper's shapes
 (the data pipeline is not timed). Time: median over ``--repeats`` iterations after
-``--warmup``, with the task axis split over ``threads`` CPU threads (numpy_amaml.parallel;
-by default 1 for the sinusoid and every core for the CNNs, as ``train`` does, plus one
-single-thread CNN row for comparison). Memory: the peak of traced allocations (tracemalloc; NumPy reports
-its buffers to it) during one iteration, above what was allocated before it; on
-CuPy the memory pool's peak instead. A separate profiled run splits the time into
+``--warmup``, with the task axis split over CPU threads (numpy_amaml.parallel; by
+default 1 for the sinusoid and every core for the CNNs, as ``train`` does, plus one
+single-thread CNN row for comparison). Memory: the peak of traced allocations
+(tracemalloc; NumPy reports its buffers to it) during one iteration, above what was
+allocated before it; on CuPy the memory pool's peak instead. A separate profiled run splits the time into
 the layer phases (forward, backward, r_forward, r_backward, im2col/col2im).
 """
 import cProfile
@@ -85,8 +85,8 @@ def _synchronize():
 
 
 def case_threads(case, threads=None):
-    """The thread count of a row: the case's own, else ``threads`` (--threads), else the commands' default.
-    On CuPy the split is skipped, so 1."""
+    """The thread count of a row: the case's own, else ``threads`` (--threads), else
+    the commands' default (parallel.default_threads). On CuPy the split is skipped: 1."""
     if backend.backend_name() != "numpy":
         return 1
     return case.threads or threads or parallel.default_threads(case.task)

@@ -2,9 +2,8 @@
 
 The B tasks of a meta-batch never interact, so any computation over the task axis
 (MAML's inner loop and reverse pass, maml.adapt_and_reverse; a model's sweeps:
-loss, gradient, Hessian-vector product) can run as T calls on
-contiguous slices of that axis, one per thread, with the per-task results joined
-back in order:
+loss, gradient, Hessian-vector product) can run as T calls on contiguous slices of
+that axis, one per thread, with the per-task results joined back in order:
 
     f(tasks 0 .. B−1) = concatenate(f(tasks 0 .. b₁−1), f(tasks b₁ .. b₂−1), ...)
 
@@ -16,12 +15,13 @@ half of a two-core machine idles through every ReLU, batch norm and im2col copy.
 BLAS must then run single-threaded inside the threads: T threads that each start T
 BLAS threads oversubscribe the cores (max-pool Omniglot CNN, 2 cores: 1.55 s per
 meta-iteration, against 0.70 s with one BLAS thread each, and 1.0 s with no split
-and two BLAS threads). ``threadpoolctl`` sets that limit for the duration of the split.
+and two BLAS threads). ``threadpoolctl`` sets that limit for the duration of a split.
 
 Each task's numbers do not depend on the split (every per-task matmul is the same
 BLAS call on the same data), so T changes the speed, not the results; the tests
-check that, bit for bit. Settings, like the backend's: ``set_threads(T)``, or the environment
-variable ``NUMPY_AMAML_THREADS``; default 1. Small problems (the sinusoid MLP's
+check that, bit for bit. Settings, like the backend's: ``set_threads(T)``, or the
+environment variable ``NUMPY_AMAML_THREADS``; default 1 (the commands choose their
+own, ``default_threads``). Small problems (the sinusoid MLP's
 arrays of a few hundred numbers) are faster with T = 1, because there the Python
 overhead, which threads cannot share, dominates. On CuPy the GPU is already
 parallel: the split is skipped whatever T is.
