@@ -29,7 +29,7 @@ def _import_backend(name):
     except ImportError as err:
         raise ImportError(
             "backend 'cupy' was requested but CuPy is not installed; install the "
-            "cupy wheel matching your CUDA version (e.g. `pip install cupy-cuda12x`) "
+            "cupy wheel matching your CUDA version (`pip install cupy-cuda12x` or `cupy-cuda13x`) "
             "or use NUMPY_AMAML_BACKEND=numpy") from err
     return cupy
 
