@@ -2,7 +2,7 @@
 
 One MAML meta-iteration = second-order MAML, 1 inner SGD step, float32, meta-gradient
 averaged over the tasks, then an Adam step (lr 0.001) on θ. Same configurations and
-synthetic fixed data shapes as numpy_amaml/bench.py (the data pipeline is not timed):
+synthetic fixed data shapes as numpy_amaml/commands/bench.py (the data pipeline is not timed):
 
   sinusoid   MLP 1-40-40-1 ReLU, MSE, B=25 tasks, K=10 support + 10 query points, α=0.01
   CNN max-pool / strided: MAML's Omniglot CNN, 4 × [conv3×3 64ch pad 1 → BatchNorm (batch
@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # the repository root
-from numpy_amaml.bench import cpu_model  # noqa: E402  (NumPy-only; describes the machine alike)
+from numpy_amaml.commands.bench import cpu_model  # noqa: E402  (NumPy-only; describes the machine alike)
 
 
 def sinusoid_problem(B=25, K=10, Q=10, seed=0):
@@ -181,6 +181,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--only", default=None, help="run only rows whose name contains this text")
+    parser.add_argument("--impl", default=None, help="run only implementations whose name contains this text "
+                                                     "(e.g. vmap, loop); skips the |Δ meta-grad| check")
     parser.add_argument("--native-bn", action="store_true", help="nn.BatchNorm2d instead of BatchStatNorm")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the tensors live")
     args = parser.parse_args()
@@ -198,9 +200,12 @@ def main():
         if args.only is not None and args.only.lower() not in name.lower():
             continue
         for impl, meta_grad in IMPLEMENTATIONS.items():
+            if args.impl is not None and args.impl.lower() not in impl.lower():
+                continue
             seconds = time_case(make_problem, meta_grad, args.warmup, args.repeats)
             print(f"{name:34s} {impl:22s} {seconds:14.4f}", flush=True)
-        print(f"{'':34s} {'rel. |Δ meta-grad|':22s} {max_grad_difference(make_problem):14.2e}", flush=True)
+        if args.impl is None:
+            print(f"{'':34s} {'rel. |Δ meta-grad|':22s} {max_grad_difference(make_problem):14.2e}", flush=True)
     print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
     return 0
 

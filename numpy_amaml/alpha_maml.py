@@ -1,22 +1,60 @@
-"""One Alpha MAML iteration, in the order DESIGN §2 gives:
+"""One Alpha MAML iteration, in the order of docs/method.md §6:
 
     sample tasks → inner loop (keep ∇L^tr and φ) → reverse pass (λ, g_t)
-    → h_α = ∂J/∂α → h_β = −⟨g_t, u_{t−1}⟩ → α ← α − γ_α h_α → β ← β − γ_β h_β
+    → h_α = ∂J/∂α → h_β = −⟨g_t, u_{t−1}⟩ → move α → move β
     → θ ← θ − β u_t → remember u_t
 
-Plain MAML is the same iteration with γ_α = γ_β = 0. The rates are kept positive:
-a step that would take α or β below its floor is clamped there and counted. A
+Two rules move the rates (``hyper_rule``, docs/hyper_rules.md):
+    "additive":    α ← α − γ_α h_α,            β ← β − γ_β h_β       (the paper)
+    "normalized":  α ← α · exp(γ_α cos_α),     β ← β · exp(γ_β cos_β)
+where the cosines are the hypergradients with their magnitudes divided out:
+    h_α = −(1/B) ⟨a, b⟩ = −(1/B) ‖a‖ ‖b‖ cos_α,   a = (λ_{i,k+1}), b = (∇L^tr_i(φ_{i,k}))
+stacked over every task i and inner step k (per tensor when α is a dict), and
+    h_β = −‖g_t‖ ‖u_{t−1}‖ cos_β.
+
+Plain MAML is the same iteration with γ_α = γ_β = 0, under either rule. The rates are kept
+positive: a step that would take α or β below its floor is clamped there and counted. A
 non-finite loss, gradient or rate raises ``TrainingDiverged`` naming the iteration.
 """
 import math
 
-from numpy_amaml.checks import NonFiniteError
+from numpy_amaml.validation import NonFiniteError
 from numpy_amaml.maml import meta_gradient
-from numpy_amaml.optim import update_rate
+from numpy_amaml.optim import check_hyper_rule, cosine, update_rate, update_rate_normalized
+from numpy_amaml.params import dot_per_tensor, norm
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised when a loss, gradient or learning rate stops being finite."""
+    """Raised when a loss, gradient or learning rate stops being finite; ``iteration`` is the
+    iteration at which it happened."""
+
+    def __init__(self, message, iteration=None):
+        super().__init__(message)
+        self.iteration = iteration
+
+
+def alpha_cosine(mg, per_tensor=False):
+    """cos_α = ⟨a, b⟩ / (‖a‖ ‖b‖) of a = (λ_{i,k+1})_{i,k} and b = (∇L^tr_i(φ_{i,k}))_{i,k},
+    i = 1..B, k = 0..K−1, from a MetaGradient ``mg`` (its ``adjoints`` and ``inner_grads``).
+
+    Since h_α = ∂J/∂α = −(1/B) ⟨a, b⟩, this is h_α = −(1/B) ‖a‖ ‖b‖ cos_α solved for cos_α:
+    cos_α = −B h_α / (‖a‖ ‖b‖). A float, or with ``per_tensor`` a dict {name: float} with
+    a, b restricted to each tensor (matching a per-tensor ``mg.dJ_dalpha``). 0 where a or
+    b is zero.
+    """
+    K = len(mg.inner_grads)
+    B = next(iter(mg.adjoints[0].values())).shape[0]
+    names = list(mg.adjoints[0])
+    sq_a, sq_b = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    for k in range(K):
+        for name, value in dot_per_tensor(mg.adjoints[k + 1], mg.adjoints[k + 1]).items():
+            sq_a[name] += value
+        for name, value in dot_per_tensor(mg.inner_grads[k], mg.inner_grads[k]).items():
+            sq_b[name] += value
+    if per_tensor:
+        return {name: cosine(-B * mg.dJ_dalpha[name], math.sqrt(sq_a[name]), math.sqrt(sq_b[name]))
+                for name in names}
+    return cosine(-B * mg.dJ_dalpha, math.sqrt(sum(sq_a.values())), math.sqrt(sum(sq_b.values())))
 
 
 class AlphaMAML:
@@ -24,28 +62,35 @@ class AlphaMAML:
 
     model: numpy_amaml.model.Model;  theta: {name: array};
     alpha: float, or {name: float} for one inner rate per tensor;
-    optimizer: numpy_amaml.optim.SGD or Adam (its hyper_lr is γ_β);
-    alpha_hyper_lr: γ_α;  alpha_floor: the smallest α allowed.
+    optimizer: numpy_amaml.optim.SGD or Adam (its hyper_lr is γ_β, its hyper_rule moves β);
+    alpha_hyper_lr: γ_α;  alpha_floor: the smallest α allowed;
+    hyper_rule: how α moves, "additive" or "normalized" (numpy_amaml.optim.HYPER_RULES).
     """
 
     def __init__(self, model, theta, alpha, optimizer, inner_steps=1, first_order=False,
-                 alpha_hyper_lr=0.0, alpha_floor=1e-8):
+                 alpha_hyper_lr=0.0, alpha_floor=1e-8, hyper_rule="additive"):
         self.model, self.theta, self.optimizer = model, theta, optimizer
         self.alpha = dict(alpha) if isinstance(alpha, dict) else float(alpha)
         self.inner_steps, self.first_order = int(inner_steps), bool(first_order)
         self.alpha_hyper_lr, self.alpha_floor = float(alpha_hyper_lr), float(alpha_floor)
+        self.hyper_rule = check_hyper_rule(hyper_rule)
         self.alpha_clamps = 0
         self.iteration = 0
 
-    def _update_alpha(self, h_alpha):
-        """α ← α − γ_α h_α, clamped to the floor (per tensor when α is a dict)."""
+    def _move_rate(self, rate, h_alpha, cos_alpha):
+        """One rate by the rule: α − γ_α h_α, or α · exp(γ_α cos_α); clamped to the floor."""
+        if self.hyper_rule == "additive":
+            return update_rate(rate, h_alpha, self.alpha_hyper_lr, self.alpha_floor)
+        return update_rate_normalized(rate, cos_alpha, self.alpha_hyper_lr, self.alpha_floor)
+
+    def _update_alpha(self, h_alpha, cos_alpha):
+        """Move α by the rule (per tensor when α is a dict), counting the clamps."""
         if isinstance(self.alpha, dict):
             for name in self.alpha:
-                self.alpha[name], clamped = update_rate(self.alpha[name], h_alpha[name],
-                                                        self.alpha_hyper_lr, self.alpha_floor)
+                self.alpha[name], clamped = self._move_rate(self.alpha[name], h_alpha[name], cos_alpha[name])
                 self.alpha_clamps += clamped
         else:
-            self.alpha, clamped = update_rate(self.alpha, h_alpha, self.alpha_hyper_lr, self.alpha_floor)
+            self.alpha, clamped = self._move_rate(self.alpha, h_alpha, cos_alpha)
             self.alpha_clamps += clamped
 
     def _check_finite(self, **values):
@@ -53,27 +98,48 @@ class AlphaMAML:
             numbers = value.values() if isinstance(value, dict) else [value]
             if not all(math.isfinite(v) for v in numbers):
                 raise TrainingDiverged(f"iteration {self.iteration}: {name} is not finite ({value}); "
-                                       f"try a smaller α, β or hypergradient rate")
+                                       f"try a smaller α, β or hypergradient rate", iteration=self.iteration)
+
+    def state_dict(self):
+        """θ, α, the iteration, the clamp count and the meta-optimizer's state (which holds β):
+        everything needed to continue exactly (saved by numpy_amaml.checkpoint)."""
+        return {"iteration": self.iteration, "theta": self.theta,
+                "alpha": dict(self.alpha) if isinstance(self.alpha, dict) else self.alpha,
+                "alpha_clamps": self.alpha_clamps, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        """Continue from a ``state_dict``."""
+        self.iteration, self.theta = int(state["iteration"]), dict(state["theta"])
+        self.alpha = dict(state["alpha"]) if isinstance(state["alpha"], dict) else float(state["alpha"])
+        self.alpha_clamps = int(state["alpha_clamps"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def step(self, batch):
-        """One meta-iteration on a TaskBatch. Returns a dict for the metrics log."""
+        """One meta-iteration on a TaskBatch. Returns a dict for the metrics log, with both
+        hypergradients (h_alpha, h_beta) and their cosines (cos_alpha, cos_beta) under
+        either rule."""
         self.iteration += 1
         try:
             mg = meta_gradient(self.model, self.theta, batch, self.alpha, self.inner_steps, self.first_order)
         except NonFiniteError as err:     # e.g. the inner loop blew φ up to Inf
             raise TrainingDiverged(f"iteration {self.iteration}: {err}; try a smaller α, β or "
-                                   f"hypergradient rate") from err
-        grad_norm = math.sqrt(sum(float((g * g).sum()) for g in mg.grad.values()))
+                                   f"hypergradient rate",
+                                   iteration=self.iteration) from err
+        grad_norm = norm(mg.grad)
         self._check_finite(query_loss=mg.loss, support_loss=mg.support_loss, grad_norm=grad_norm)
 
         h_alpha = mg.dJ_dalpha                                   # ∂J/∂α
+        cos_alpha = alpha_cosine(mg, per_tensor=isinstance(self.alpha, dict))   # −B h_α / (‖a‖‖b‖)
         h_beta = self.optimizer.beta_hypergradient(mg.grad)      # −⟨g_t, u_{t−1}⟩
-        self._update_alpha(h_alpha)                              # α ← α − γ_α h_α
-        self.theta = self.optimizer.step(self.theta, mg.grad, h_beta)  # β ← β − γ_β h_β; θ ← θ − β u_t
-        self._check_finite(alpha=self.alpha, beta=self.optimizer.beta, h_alpha=h_alpha, h_beta=h_beta)
+        cos_beta = self.optimizer.beta_cosine(mg.grad)           # cos(g_t, u_{t−1})
+        self._update_alpha(h_alpha, cos_alpha)                   # α − γ_α h_α  or  α · exp(γ_α cos_α)
+        self.theta = self.optimizer.step(self.theta, mg.grad, h_beta, cos_beta)   # move β; θ ← θ − β u_t
+        self._check_finite(alpha=self.alpha, beta=self.optimizer.beta, h_alpha=h_alpha, h_beta=h_beta,
+                           cos_alpha=cos_alpha, cos_beta=cos_beta)
 
         return {"iteration": self.iteration, "support_loss": mg.support_loss, "query_loss": mg.loss,
                 "alpha": self.alpha if not isinstance(self.alpha, dict) else dict(self.alpha),
                 "beta": self.optimizer.beta, "h_alpha": h_alpha, "h_beta": h_beta,
+                "cos_alpha": cos_alpha, "cos_beta": cos_beta,
                 "grad_norm": grad_norm, "alpha_clamps": self.alpha_clamps,
                 "beta_clamps": self.optimizer.beta_clamps}

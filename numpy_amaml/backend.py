@@ -49,9 +49,18 @@ def set_dtype(name):
     _active["dtype"] = DTYPES[name]
 
 
+def _from_environment(variable, default, setter, allowed):
+    """setter(the environment variable's value, lower case), or a ValueError that names it."""
+    value = os.environ.get(variable, default)
+    try:
+        setter(value.lower())
+    except ValueError:
+        raise ValueError(f"{variable} must be one of {tuple(allowed)}, got {value!r}") from None
+
+
 def backend_name():
     if _active["name"] is None:
-        set_backend(os.environ.get("NUMPY_AMAML_BACKEND", "numpy").lower())
+        _from_environment("NUMPY_AMAML_BACKEND", "numpy", set_backend, BACKENDS)
     return _active["name"]
 
 
@@ -64,7 +73,7 @@ def array_module():
 def float_dtype():
     """The active default float dtype (numpy.float32 unless asked otherwise)."""
     if _active["dtype"] is None:
-        set_dtype(os.environ.get("NUMPY_AMAML_DTYPE", "float32").lower())
+        _from_environment("NUMPY_AMAML_DTYPE", "float32", set_dtype, DTYPES)
     return _active["dtype"]
 
 

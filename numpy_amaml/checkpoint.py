@@ -15,17 +15,17 @@ and stores it under that flattened key with ``np.savez``; the remaining structur
 goes, as JSON, into the same file under the key ``__json__``. Python floats survive
 JSON exactly (``repr`` round-trips), so a loaded state continues bit for bit.
 
-The file is written atomically: to a temporary file in the same folder, then
-``os.replace``. A crash while saving leaves the previous checkpoint intact.
+The file is written atomically (numpy_amaml.files): a crash, a full disk or ``kill -9``
+while saving leaves the previous checkpoint intact.
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from numpy_amaml.backend import asarray, to_numpy
+from numpy_amaml.files import atomic_write
 
 JSON_KEY = "__json__"
 ARRAY_TAG = "__array__"
@@ -68,23 +68,16 @@ def save_checkpoint(path, state):
     """Write ``state`` (nested dicts/lists of arrays and JSON values) to ``path`` atomically."""
     arrays = {}
     skeleton = _split(state, "", arrays)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays, **{JSON_KEY: np.array(json.dumps(skeleton))})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays, **{JSON_KEY: np.array(json.dumps(skeleton))})
 
 
 def load_checkpoint(path):
     """Read a state written by ``save_checkpoint``; arrays come back on the active backend."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable checkpoint (not an .npz archive: damaged or another file)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}

@@ -9,11 +9,14 @@ right derivative from a slightly wrong one. Run every check in float64.
 correct derivative, 1e-6 is the bar the tests assert, 1e-2 is a bug.
 
 Every ``check_*`` function returns numbers (a dict name -> rel_error); it prints
-nothing. ``h`` is the finite-difference step.
+nothing. ``h`` is the finite-difference step. The arrays a check differentiates must be
+float64: integer arrays (whose nudged copies stay integers, so every difference is 0) and
+float32 arrays (whose differences are 1e-2 wrong) are refused with a TypeError that says so.
 """
 import numpy as np
 
 from numpy_amaml.backend import to_numpy, xp
+from numpy_amaml.params import dot, norm as params_norm
 
 
 def rel_error(a, b):
@@ -34,11 +37,24 @@ def rel_error(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300))
 
 
+def require_float64(**arrays):
+    """Raise TypeError unless every array (or dict of arrays) given is float64, naming it."""
+    for name, value in arrays.items():
+        for key, a in (value.items() if isinstance(value, dict) else [(None, value)]):
+            dtype = getattr(a, "dtype", None)
+            if dtype != np.float64:
+                where = f"{name}[{key!r}]" if key is not None else name
+                raise TypeError(f"gradient checks need float64 arrays, got {dtype or type(a).__name__} for "
+                                f"{where}: finite differences of integers are 0, and in float32 they are "
+                                f"about 1e-2 wrong (numpy_amaml.set_dtype('float64') first)")
+
+
 def numerical_gradient(f, x, h=1e-5):
     """∂f/∂x by central differences; f() -> scalar reads ``x``, which is nudged in place.
 
     x: a float64 array (restored on return). Returns an array shaped like x.
     """
+    require_float64(x=x)
     if not x.flags["C_CONTIGUOUS"]:
         raise ValueError("numerical_gradient needs a C-contiguous array it can nudge in place")
     grad = xp.zeros_like(x)
@@ -91,6 +107,7 @@ def check_layer(layer, params, x, config=None, seed=0, h=1e-5):
       r_forward              Ry vs directional finite difference of forward
       r_backward:<x|param>   R{dx}, R{dparam} vs directional finite difference of backward
     """
+    require_float64(params=params, x=x)
     config = config or {}
     rng = np.random.default_rng(seed)
     y, cache = layer.forward(params, x, **config)
@@ -141,6 +158,7 @@ def check_loss(loss, pred, target, seed=0, h=1e-5):
     Returns {"backward": ..., "r_backward": ...}: the gradient of Σ_tasks loss vs finite
     differences, and R{dpred} vs the directional finite difference of that gradient.
     """
+    require_float64(pred=pred)
     rng = np.random.default_rng(seed)
     _, cache = loss.forward(pred, target)
     work = pred.copy()
@@ -155,21 +173,17 @@ def check_loss(loss, pred, target, seed=0, h=1e-5):
 def check_model_gradient(model, params, x, y, h=1e-5):
     """rel_error of model.loss_and_grad against finite differences of Σ_tasks loss,
     entry by entry (use a small model: one loss evaluation per entry, twice)."""
+    require_float64(params=params, x=x)
     _, grads = model.loss_and_grad(params, x, y)
     work = {k: v.copy() for k, v in params.items()}
     numeric = numerical_gradient_dict(lambda: float(model.loss(work, x, y).sum()), work, h)
     return rel_error(grads, numeric)
 
 
-def _norm(d):
-    """Euclidean norm of a dict of arrays, over all entries."""
-    return float(np.sqrt(sum(float((a * a).sum()) for a in d.values())))
-
-
 def _random_direction(params, rng):
     """A random direction like ``params``, of unit norm over all entries."""
     d = {k: _random_like(a, rng) for k, a in params.items()}
-    norm = _norm(d)
+    norm = params_norm(d)
     return {k: a / norm for k, a in d.items()}
 
 
@@ -181,19 +195,19 @@ def check_model_hvp(model, params, x, y, v=None, seed=0, h=1e-5):
     The difference steps along the unit vector v̂, so h is the distance moved in
     parameter space whatever the size of v or of the model (a step h‖v‖ of a big v
     would often straddle a ReLU or max-pool kink, where the gradient jumps)."""
+    require_float64(params=params, x=x)
     rng = np.random.default_rng(seed)
     if v is None:
         v = _random_direction(params, rng)
     u = _random_direction(params, rng)
     Hv, Hu = model.hvp(params, x, y, v), model.hvp(params, x, y, u)
-    norm = _norm(v)
+    norm = params_norm(v)
     if norm == 0.0:
         numeric = {k: xp.zeros_like(a) for k, a in Hv.items()}
     else:
         v_hat = {k: a / norm for k, a in v.items()}
         numeric = directional_derivative(lambda p: model.loss_and_grad(p, x, y)[1], params, v_hat, h)
         numeric = {k: norm * a for k, a in numeric.items()}
-    uHv = sum(float((u[k] * Hv[k]).sum()) for k in params)
-    vHu = sum(float((v[k] * Hu[k]).sum()) for k in params)
+    uHv, vHu = dot(u, Hv), dot(v, Hu)
     return {"hvp": rel_error(Hv, numeric),
             "symmetry": abs(uHv - vHu) / max(abs(uHv) + abs(vHu), 1e-300)}

@@ -1,4 +1,4 @@
-"""Omniglot: find or download the zips, decode them once into a cached array, split, sample tasks.
+"""Omniglot: find or download the zips, decode them once into a cached array.
 
 Omniglot (Lake et al. 2015, MIT license) has 1623 handwritten characters from 50 alphabets,
 20 drawings each, as 105x105 1-bit PNGs (black strokes on white) in two zips:
@@ -11,24 +11,19 @@ Pipeline (MAML's protocol, Finn et al. 2017):
    strokes = 1.0 and background = 0.0, plus per-character metadata. The first call decodes
    all 32,460 PNGs (a few seconds) and caches one compressed ``.npz``; later calls read only
    that file.
-2. ``split_characters`` -> shuffled character indices: 1100 meta-train, 100 meta-validation,
-   423 meta-test.
-3. ``TaskSampler`` -> batches of N-way K-shot tasks in NHWC layout. With ``rotations=True``
-   each character gives 4 classes (rotated by 0/90/180/270 degrees), which stay in the
-   character's split.
+2. ``omniglot_sampler.split_characters`` -> shuffled character indices: 1100 meta-train,
+   100 meta-validation, 423 meta-test.
+3. ``omniglot_sampler.TaskSampler`` -> batches of N-way K-shot tasks in NHWC layout.
 
 This module works on host NumPy arrays; training code moves batches to the device.
 Log lines (which folder, which checksums, cache hit or write) go to the logger
 ``numpy_amaml.omniglot`` at INFO level.
 """
-import contextlib
-import copy
 import hashlib
 import http.client
 import io
 import logging
 import os
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -38,6 +33,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
+
+from numpy_amaml.files import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -184,29 +181,11 @@ def verify_zips(folder, expected, checksum_source):
                 f"delete it and download it again")
 
 
-@contextlib.contextmanager
-def _atomic_write(path):
-    """Open a temporary file beside ``path``; rename it to ``path`` only if the block succeeds.
-
-    On any exception the temporary file is deleted, so ``path`` is either absent, the old
-    file, or complete - never half-written.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.chmod(tmp, 0o644)                       # mkstemp creates files readable by the owner only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def download_file(url, path, md5, progress=True):
     """Download ``url`` to ``path`` with a tqdm bar, checking its md5 before the final rename."""
     log.info("downloading %s -> %s", url, path)
     digest = hashlib.md5()
-    with _atomic_write(path) as out:
+    with atomic_write(path) as out:
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
                 size = int(response.headers.get("Content-Length") or 0) or None
@@ -356,9 +335,11 @@ def read_cache(path, image_size):
 
 
 def write_cache(path, arrays):
-    """Save ``arrays`` as one compressed .npz, atomically (temp file, then rename)."""
+    """Save ``arrays`` as one compressed .npz, atomically; first delete what an interrupted
+    earlier write (``kill -9``) may have left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_write(path) as f:
+    remove_stale_temporaries(path.parent, path.name)
+    with atomic_write(path) as f:
         np.savez_compressed(f, **arrays)
 
 
@@ -375,8 +356,10 @@ def load_omniglot(data_dir=None, cache_dir=None, image_size=28, download=True, p
     progress:   show tqdm bars for the download and the decoding.
 
     The zips are checked against a SHA256SUMS/MD5SUMS file beside them, else the official
-    md5s, then decoded straight from the zip (no extraction). A cache hit reads only the
-    checksum file and the .npz, never the zips. Errors subclass ``OmniglotError``.
+    md5s (on every call: hashing both takes about 20 ms), then decoded straight from the zip
+    (no extraction). The cache's name holds a hash of those checksums, so it belongs to the
+    zips it came from; a cache hit reads the .npz and decodes nothing. Errors subclass
+    ``OmniglotError``.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     folder, how = resolve_data_dir(data_dir, cache_dir)
@@ -387,14 +370,18 @@ def load_omniglot(data_dir=None, cache_dir=None, image_size=28, download=True, p
             f"{' and '.join(ZIP_NAMES)}")
     expected, checksum_source = expected_checksums(folder)
     cache_path = cache_dir / cache_file_name(image_size, expected)
+    zips_present = _has_zips(folder)
+    if zips_present:        # always (about 20 ms): a replaced or damaged zip is noticed even with a cache
+        verify_zips(folder, expected, checksum_source)
     arrays = read_cache(cache_path, image_size)
     from_cache = arrays is not None
     if from_cache:
         log.info("Omniglot cache read: %s", cache_path)
     else:
-        if download and folder == cache_dir and not _has_zips(folder):
-            download_omniglot(folder, progress)
-        verify_zips(folder, expected, checksum_source)
+        if not zips_present:
+            if download and folder == cache_dir:
+                download_omniglot(folder, progress)
+            verify_zips(folder, expected, checksum_source)
         log.info("Omniglot zips match the %s; decoding", checksum_source)
         arrays = decode_omniglot(folder, image_size, progress)
         write_cache(cache_path, arrays)
@@ -404,121 +391,3 @@ def load_omniglot(data_dir=None, cache_dir=None, image_size=28, download=True, p
                         sets=arrays["sets"], source=f"{folder} ({how})",
                         checksum_source=checksum_source, cache_path=cache_path,
                         from_cache=from_cache)
-
-
-# ----------------------------------------------------------------------------------------
-# 4. Splits and task sampling
-# ----------------------------------------------------------------------------------------
-
-def _count(size, num_characters, what):
-    """A split size given as a count (int) or a fraction of all characters (float in [0, 1])."""
-    if isinstance(size, float):
-        if not 0.0 <= size <= 1.0:
-            raise ValueError(f"{what} fraction must be in [0, 1], got {size}")
-        return int(round(size * num_characters))
-    return int(size)
-
-
-def split_characters(num_characters, seed=0, n_train=1100, n_val=100):
-    """Shuffle the characters with ``seed`` and cut them into meta-train/val/test index arrays.
-
-    n_train, n_val: counts (int) or fractions of ``num_characters`` (float); meta-test gets
-    the rest (423 for Omniglot's 1623 with the defaults). Returns {"train", "val", "test"}:
-    sorted int64 arrays of character indices, pairwise disjoint, covering every character.
-    """
-    train = _count(n_train, num_characters, "n_train")
-    val = _count(n_val, num_characters, "n_val")
-    if train < 1 or val < 0 or train + val >= num_characters:
-        raise ValueError(
-            f"cannot split {num_characters} characters into {train} meta-train, {val} "
-            f"meta-validation and at least 1 meta-test character; pass smaller n_train / n_val "
-            f"(counts or fractions) for a small dataset")
-    order = np.random.default_rng(seed).permutation(num_characters)
-    return {"train": np.sort(order[:train]),
-            "val": np.sort(order[train:train + val]),
-            "test": np.sort(order[train + val:])}
-
-
-def _check_sampler_arguments(images, characters, ways, shots, queries, num_rotations):
-    if images.ndim != 4 or images.shape[2] != images.shape[3]:
-        raise ValueError(f"images must have shape (characters, drawings, H, H), got {images.shape}")
-    if characters.ndim != 1 or not np.all((0 <= characters) & (characters < len(images))):
-        raise ValueError(f"split_indices must be a 1-D array of indices into the "
-                         f"{len(images)} characters")
-    if min(ways, shots, queries) < 1:
-        raise ValueError(f"ways, shots and queries must be >= 1, got {ways}, {shots}, {queries}")
-    num_classes = len(characters) * num_rotations
-    if ways > num_classes:
-        raise ValueError(f"{ways}-way tasks need {ways} classes, but this split has only {num_classes} "
-                         f"({len(characters)} characters x {num_rotations} rotations)")
-    if shots + queries > images.shape[1]:
-        raise ValueError(f"shots + queries = {shots + queries} exceeds the {images.shape[1]} "
-                         f"drawings per character")
-
-
-class TaskSampler:
-    """Draws batches of N-way K-shot classification tasks from one split.
-
-    A class is a (character, rotation) pair when ``rotations`` is True (rotations by
-    0/90/180/270 degrees counter-clockwise), else a character. Per task: ``ways`` distinct
-    classes in random order (label i = i-th drawn class), and for each class ``shots``
-    support and ``queries`` query drawings, all distinct. Examples are grouped by label.
-
-    images:        float (num_characters, drawings, H, H), e.g. ``OmniglotData.images``
-    split_indices: character indices of one split, e.g. ``split_characters(...)["train"]``
-    seed:          seed of the sampler's own numpy Generator
-
-    The split's images are rotated once here and kept as ``class_images`` (num_classes,
-    drawings, H, H), class ``num_rotations * i + k`` = split character i rotated by k * 90
-    degrees; for Omniglot's 1100 meta-train characters that is 276 MB, built in about a
-    second, and each batch is then one gather.
-    """
-
-    def __init__(self, images, split_indices, ways, shots, queries, seed=0, rotations=True):
-        images = np.asarray(images, dtype=np.float32)
-        self.characters = np.asarray(split_indices, dtype=np.int64)
-        self.ways, self.shots, self.queries = ways, shots, queries
-        self.num_rotations = 4 if rotations else 1
-        _check_sampler_arguments(images, self.characters, ways, shots, queries, self.num_rotations)
-        split_images = images[self.characters]                                # (n, drawings, H, H)
-        rotated = [np.rot90(split_images, k, axes=(-2, -1)) for k in range(self.num_rotations)]
-        self.class_images = np.stack(rotated, axis=1).reshape(-1, *images.shape[1:])
-        self.rng = np.random.default_rng(seed)
-
-    @property
-    def num_classes(self):
-        return len(self.class_images)
-
-    def sample(self, batch_size):
-        """Draw ``batch_size`` tasks.
-
-        Returns x_support float32 (B, ways*shots, H, H, 1), y_support int64 (B, ways*shots),
-        x_query float32 (B, ways*queries, H, H, 1), y_query int64 (B, ways*queries);
-        labels are 0..ways-1, each ``shots`` (``queries``) times, grouped by label.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        # ways distinct classes per task; Generator.choice returns them in random order,
-        # so which class gets label 0, 1, ... is a random permutation.
-        classes = np.stack([self.rng.choice(self.num_classes, self.ways, replace=False)
-                            for _ in range(batch_size)])                      # (B, ways)
-        # The head of a random permutation of the drawings: support and query never share one.
-        keys = self.rng.random((batch_size, self.ways, self.class_images.shape[1]))
-        drawings = np.argsort(keys, axis=2)                                   # (B, ways, drawings)
-        support = self.class_images[classes[..., None], drawings[:, :, :self.shots]]
-        query_drawings = drawings[:, :, self.shots:self.shots + self.queries]
-        query = self.class_images[classes[..., None], query_drawings]
-        side = self.class_images.shape[-1]
-        labels = np.arange(self.ways, dtype=np.int64)
-        return (support.reshape(batch_size, -1, side, side, 1),
-                np.tile(np.repeat(labels, self.shots), (batch_size, 1)),
-                query.reshape(batch_size, -1, side, side, 1),
-                np.tile(np.repeat(labels, self.queries), (batch_size, 1)))
-
-    def get_state(self):
-        """The generator state as a JSON-serialisable dict (for resuming training)."""
-        return copy.deepcopy(self.rng.bit_generator.state)
-
-    def set_state(self, state):
-        """Restore a state returned by ``get_state``."""
-        self.rng.bit_generator.state = copy.deepcopy(state)

@@ -6,14 +6,30 @@ the meta-gradient g_t = ∇_θ J_t:
     Adam:  m_t = b1 m_{t−1} + (1 − b1) g_t,  v_t = b2 v_{t−1} + (1 − b2) g_t²,
            u_t = m̂_t / (√v̂_t + ε),  m̂_t = m_t / (1 − b1^t),  v̂_t = v_t / (1 − b2^t)
 Since θ_t = θ_{t−1} − β u_{t−1}, the derivative of J_t in β is
-    h_β = ∂J_t/∂β = −⟨g_t, u_{t−1}⟩
-(SGD-HD and Adam-HD, Baydin et al. 2018), and β ← β − γ_β h_β comes before the
-step, which then uses the new β. With γ_β = 0 these are plain SGD and Adam.
+    h_β = ∂J_t/∂β = −⟨g_t, u_{t−1}⟩ = −‖g_t‖ ‖u_{t−1}‖ cos_β,   cos_β = cos(g_t, u_{t−1})
+(SGD-HD and Adam-HD, Baydin et al. 2018). The rate moves before the step, which then
+uses the new β, by one of two rules (``HYPER_RULES``, docs/hyper_rules.md):
+    "additive":    β ← β − γ_β h_β                 (the paper's rule; γ_β has units)
+    "normalized":  β ← β · exp(γ_β cos_β)          (scale-free; γ_β is a relative change)
+With γ_β = 0 both are plain SGD and Adam, bit for bit.
 
-``update_rate`` is the shared hypergradient step for α and β: one descent step,
-then a clamp to a positive floor (the caller counts the clamps).
+``update_rate`` and ``update_rate_normalized`` are the two rate steps, shared by α
+(numpy_amaml.alpha_maml) and β: one step, then a clamp to a positive floor (the caller
+counts the clamps).
 """
+import math
+
 from numpy_amaml.backend import xp
+from numpy_amaml.params import dot, norm
+
+HYPER_RULES = ("additive", "normalized")
+
+
+def check_hyper_rule(rule):
+    """``rule`` if it is one of ``HYPER_RULES``, else ValueError naming them."""
+    if rule not in HYPER_RULES:
+        raise ValueError(f"hyper_rule must be one of {HYPER_RULES}, got {rule!r}")
+    return rule
 
 
 def update_rate(rate, hypergrad, hyper_lr, floor):
@@ -24,16 +40,36 @@ def update_rate(rate, hypergrad, hyper_lr, floor):
     return new, False
 
 
-def dot(a, b):
-    """⟨a, b⟩ over every entry of two params dicts."""
-    return float(sum((a[k] * b[k]).sum() for k in a))
+def update_rate_normalized(rate, cosine, hyper_lr, floor):
+    """rate ← max(rate · exp(hyper_lr · cosine), floor).  Returns (new_rate, clamped).
+
+    ``cosine`` ∈ [−1, 1] is minus the normalized hypergradient (cos_α or cos_β), so the
+    rate grows when the two vectors of its hypergradient agree. The factor lies in
+    [e^{−hyper_lr}, e^{hyper_lr}]: the rate stays positive and hyper_lr is the largest
+    change of log(rate) per iteration. The floor only bounds a long decline.
+    """
+    new = rate * math.exp(hyper_lr * cosine)
+    if new < floor:
+        return floor, True
+    return new, False
+
+
+def cosine(inner, norm_a, norm_b):
+    """cos(a, b) = ⟨a, b⟩ / (‖a‖ ‖b‖) from its three parts; 0 when a or b is zero."""
+    scale = norm_a * norm_b
+    return inner / scale if scale > 0 else 0.0
 
 
 class SGD:
-    """SGD with (optionally) hypergradient-adapted β (SGD-HD)."""
+    """SGD with (optionally) hypergradient-adapted β (SGD-HD).
 
-    def __init__(self, beta, hyper_lr=0.0, beta_floor=1e-8):
+    beta: β₀;  hyper_lr: γ_β;  beta_floor: the smallest β allowed;
+    hyper_rule: "additive" or "normalized" (``HYPER_RULES``).
+    """
+
+    def __init__(self, beta, hyper_lr=0.0, beta_floor=1e-8, hyper_rule="additive"):
         self.beta, self.hyper_lr, self.beta_floor = float(beta), float(hyper_lr), float(beta_floor)
+        self.hyper_rule = check_hyper_rule(hyper_rule)
         self.prev_direction = None      # u_{t−1}; None before the first step
         self.beta_clamps = 0
 
@@ -45,13 +81,25 @@ class SGD:
         """h_β = −⟨g_t, u_{t−1}⟩ (0 at the first step: no previous direction)."""
         return 0.0 if self.prev_direction is None else -dot(grad, self.prev_direction)
 
-    def step(self, theta, grad, h_beta):
-        """β ← β − γ_β h_β (clamped), then θ ← θ − β u_t, then remember u_t.
+    def beta_cosine(self, grad):
+        """cos_β = ⟨g_t, u_{t−1}⟩ / (‖g_t‖ ‖u_{t−1}‖) = −h_β / (‖g_t‖ ‖u_{t−1}‖)
+        (0 at the first step, or when either vector is zero)."""
+        if self.prev_direction is None:
+            return 0.0
+        return cosine(dot(grad, self.prev_direction), norm(grad), norm(self.prev_direction))
 
-        h_β comes from ``beta_hypergradient(grad)``. Returns the new θ (``theta``
-        itself is not modified).
+    def step(self, theta, grad, h_beta, cos_beta=None):
+        """Move β by the rule (clamped), then θ ← θ − β u_t, then remember u_t.
+
+        "additive" uses h_β = ``beta_hypergradient(grad)``: β ← β − γ_β h_β;
+        "normalized" uses cos_β = ``beta_cosine(grad)`` (computed here when None):
+        β ← β · exp(γ_β cos_β). Returns the new θ (``theta`` itself is not modified).
         """
-        self.beta, clamped = update_rate(self.beta, h_beta, self.hyper_lr, self.beta_floor)
+        if self.hyper_rule == "additive":
+            self.beta, clamped = update_rate(self.beta, h_beta, self.hyper_lr, self.beta_floor)
+        else:
+            cos_beta = self.beta_cosine(grad) if cos_beta is None else cos_beta
+            self.beta, clamped = update_rate_normalized(self.beta, cos_beta, self.hyper_lr, self.beta_floor)
         self.beta_clamps += clamped
         u = self.direction(grad)
         new_theta = {k: theta[k] - self.beta * u[k] for k in theta}
@@ -67,10 +115,12 @@ class SGD:
 
 
 class Adam(SGD):
-    """Adam with (optionally) hypergradient-adapted β (Adam-HD)."""
+    """Adam with (optionally) hypergradient-adapted β (Adam-HD); arguments as SGD, plus
+    the moment decays b1, b2 and ε."""
 
-    def __init__(self, beta, hyper_lr=0.0, beta_floor=1e-8, b1=0.9, b2=0.999, eps=1e-8):
-        super().__init__(beta, hyper_lr, beta_floor)
+    def __init__(self, beta, hyper_lr=0.0, beta_floor=1e-8, b1=0.9, b2=0.999, eps=1e-8,
+                 hyper_rule="additive"):
+        super().__init__(beta, hyper_lr, beta_floor, hyper_rule)
         self.b1, self.b2, self.eps = b1, b2, eps
         self.m = self.v = None
         self.t = 0

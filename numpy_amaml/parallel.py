@@ -79,12 +79,12 @@ def _take(a, s):
     return a[s]
 
 
-def _join(parts):
+def join_tasks(parts):
     """Concatenate per-slice results along the task axis (arrays, dicts of arrays, and
     tuples or lists of these)."""
     first = parts[0]
     if isinstance(first, (tuple, list)):
-        return type(first)(_join([p[i] for p in parts]) for i in range(len(first)))
+        return type(first)(join_tasks([p[i] for p in parts]) for i in range(len(first)))
     if isinstance(first, dict):
         return {k: xp.concatenate([p[k] for p in parts]) for k in first}
     return xp.concatenate(parts)
@@ -116,4 +116,4 @@ def over_tasks(fn, B, *args):
         futures = [_state["pool"].submit(contextvars.copy_context().run, _run_slice, fn,
                                          *(_take(a, s) for a in args))
                    for s in task_slices(B, n)]
-        return _join([f.result() for f in futures])
+        return join_tasks([f.result() for f in futures])

@@ -6,7 +6,7 @@
     plot_sinusoid_fits(...)           MAML's Figure 2: a few test tasks, the true curve, the K
                                       support points, the prediction before and after 1 and 10 steps
 
-``records`` are the dicts of a run's metrics.jsonl (see numpy_amaml.train). Every
+``records`` are the dicts of a run's metrics.jsonl (see numpy_amaml.training). Every
 function draws one figure and saves it. They use matplotlib's ``Figure`` directly, not
 pyplot: no display is needed, and a notebook's own plotting backend is left alone.
 """
@@ -16,8 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from numpy_amaml.backend import asarray, to_numpy
-from numpy_amaml.maml import inner_loop
+from numpy_amaml.evaluation import adaptation_path
 from numpy_amaml.sinusoid import X_RANGE, SinusoidTasks, sine
+from numpy_amaml.validation import NonFiniteError
 
 
 def smooth(values, window):
@@ -81,27 +82,51 @@ def _rate_scale(ax, values, name):
 
 def plot_rates(records, path, title=""):
     """α (one line per tensor when α is per tensor) and β over the iterations; log scale
-    when a rate has moved by more than a factor of 10."""
+    when a rate has moved by more than a factor of 10. Where the run logged the curvature
+    (``lambda_max``), the α panel also shows 2/λ_max, the largest stable inner rate of a
+    quadratic (docs/method.md §11); iterations where a rate was clamped to its floor are
+    marked ×."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_alpha, ax_beta = fig.subplots(1, 2)
     its, alphas = _series(records, "alpha")
     if alphas and isinstance(alphas[0], dict):
         for name in alphas[0]:
             ax_alpha.plot(its, [a[name] for a in alphas], label=name, linewidth=1.4)
-        ax_alpha.legend(fontsize="small")
         alpha_values = [v for a in alphas for v in a.values()]
     else:
-        ax_alpha.plot(its, alphas, color="tab:green", linewidth=1.6)
-        alpha_values = alphas
+        ax_alpha.plot(its, alphas, color="tab:green", linewidth=1.6, label="α")
+        alpha_values = list(alphas)
+    curvature_its, lambdas = _series(records, "lambda_max")
+    bounds = [(i, 2.0 / lam) for i, lam in zip(curvature_its, lambdas) if lam > 0]
+    if bounds:
+        ax_alpha.plot(*zip(*bounds), "--", color="black", linewidth=1.2, label="2/λ_max (stability bound)")
+        alpha_values += [b for _, b in bounds]
     its, betas = _series(records, "beta")
-    ax_beta.plot(its, betas, color="tab:purple", linewidth=1.6)
+    ax_beta.plot(its, betas, color="tab:purple", linewidth=1.6, label="β")
+    for ax, key in ((ax_alpha, "alpha"), (ax_beta, "beta")):
+        clamped = _clamp_points(records, key)
+        if clamped:
+            ax.plot(*zip(*clamped), "x", color="tab:red", markersize=8, label="clamped to the floor")
     for ax, values, name in ((ax_alpha, alpha_values, "inner rate α"), (ax_beta, betas, "meta rate β")):
         _rate_scale(ax, values, name)
         ax.set_xlabel("meta-iteration")
         ax.grid(True, which="both", alpha=0.3)
+        if len(ax.get_lines()) > 1:
+            ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     _save(fig, path)
+
+
+def _clamp_points(records, key):
+    """(iteration, rate) of the logged iterations whose clamp count of ``key`` went up."""
+    points, before = [], 0
+    for r in records:
+        count = r.get(f"{key}_clamps", 0)
+        if count > before and not isinstance(r[key], dict):
+            points.append((r["iteration"], r[key]))
+        before = count
+    return points
 
 
 def plot_accuracy(records, path, title=""):
@@ -129,17 +154,31 @@ def plot_accuracy(records, path, title=""):
 def plot_sinusoid_fits(model, theta, alpha, path, shots=10, steps=(1, 10), num_tasks=4, seed=0, title=""):
     """MAML's sinusoid figure: for ``num_tasks`` fresh tasks, the true curve, the K support
     points, and the model's prediction at θ (pre-update) and after each of ``steps``
-    inner gradient steps on the support points, with the learned α (scalar or per tensor)."""
+    inner gradient steps on the support points, with the learned α (scalar or per tensor).
+
+    An adaptation that overflows (α too large for that many steps) is left out of the
+    figure; the return value then says so (a one-line note), else it is None."""
     tasks = SinusoidTasks(shots=shots, queries=1, seed=seed)
     batch, amplitude, phase = tasks.sample(num_tasks)
-    phis = inner_loop(model, theta, batch.x_support, batch.y_support, alpha, max(steps))[0]
     grid = np.linspace(*X_RANGE, 200)
     x_grid = asarray(np.broadcast_to(grid[None, :, None], (num_tasks, grid.size, 1)))
-    curves = [("pre-update", phis[0], "tab:red", ":")]
-    curves += [(f"{k} grad step{'s' if k > 1 else ''}", phis[k], color, "--")
+    curves = [("pre-update", 0, "tab:red", ":")]
+    curves += [(f"{k} grad step{'s' if k > 1 else ''}", k, color, "--")
                for k, color in zip(steps, ("tab:green", "tab:blue", "tab:purple", "tab:olive"))]
-    predictions = [(label, to_numpy(model.predict(phi, x_grid))[..., 0], color, style)
-                   for label, phi, color, style in curves]
+    predictions, note, phis = [], None, []
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            for phi in adaptation_path(model, theta, batch.x_support, batch.y_support, alpha, max(steps)):
+                phis.append(phi)
+        except NonFiniteError:
+            pass                      # the steps from here on are not drawn (below)
+        for label, k, color, style in curves:
+            pred = to_numpy(model.predict(phis[k], x_grid))[..., 0] if k < len(phis) else None
+            if pred is None or not np.isfinite(pred).all():
+                note = (f"{path.name if hasattr(path, 'name') else path}: the fit after {k} inner steps is "
+                        f"not finite (α too large for {k} steps) and is not drawn")
+                break
+            predictions.append((label, pred, color, style))
 
     cols = min(num_tasks, 2)
     rows = math.ceil(num_tasks / cols)
@@ -163,3 +202,4 @@ def plot_sinusoid_fits(model, theta, alpha, path, shots=10, steps=(1, 10), num_t
     alpha_text = "per-tensor α" if isinstance(alpha, dict) else f"α = {alpha:.3g}"
     fig.suptitle(f"{title + ': ' if title else ''}adaptation to new tasks ({alpha_text})")
     _save(fig, path)
+    return note

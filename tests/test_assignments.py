@@ -1,9 +1,12 @@
 """Classroom assignments: ``python -m numpy_amaml assignments make OUT_DIR``.
 
-The student notebooks must hold no solution code and no hidden tests; in them every graded
-cell must fail (with NotImplementedError, while every other cell runs); putting the reference
-solutions back must make every graded cell pass. The notebooks run in a real Jupyter kernel
-(nbclient), in quick mode.
+The student notebooks must hold no solution code, no model answer and no hidden tests; in them
+every graded cell must fail (with NotImplementedError, while every other cell runs); putting the
+reference solutions back must make every graded cell pass; a "solution" that only calls the
+package's own implementation of the same thing must fail its graded cell. Every notebook asks at
+least two written questions (nbgrader's manually graded answer cells). The notebooks run in a real
+Jupyter kernel (nbclient), in quick mode. A curvature notebook 07 (someone else's) is checked by the
+generic tests only, whatever exercises it holds.
 """
 import json
 import os
@@ -15,8 +18,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from numpy_amaml import assignments
-from numpy_amaml.assignments import (BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION,
+from numpy_amaml.commands import assignments
+from numpy_amaml.commands.assignments import (BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION,
                                      AssignmentError)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,9 +28,34 @@ EXERCISES = {
     "01_layers_and_gradient_checks.ipynb": ["linear_backward"],
     "02_hessian_vector_products.ipynb": ["linear_r_backward", "softmax_ce_r_backward"],
     "03_maml_sinusoid.ipynb": ["maml_meta_gradient_k1"],
-    "04_alpha_maml.ipynb": ["alpha_hypergradient", "beta_rule"],
+    "04_alpha_maml.ipynb": ["alpha_hypergradient_forward", "adam_beta_hypergradient"],
+    "05_omniglot_few_shot.ipynb": [],
+    "06_sensitivity.ipynb": [],
+    "08_cnn_second_order.ipynb": ["batchnorm_r_forward", "meta_gradient_k_steps"],
 }
+OPTIONAL = "07_"             # a curvature notebook by someone else: generic checks only
+# For each exercise, a body that only calls the package's own implementation: its graded cell must fail.
+BYPASS = {
+    "linear_backward": "return linear.backward(dy, cache)",
+    "linear_r_backward": "return linear.r_backward(dy, Rdy, cache, rcache)",
+    "softmax_ce_r_backward": "return softmax_ce.r_backward(Rlogits, cache)",
+    "maml_meta_gradient_k1": "return maml.meta_gradient(model, theta, batch, alpha, inner_steps=1).grad",
+    "alpha_hypergradient_forward": "return maml.meta_gradient(model, theta, batch, alpha, K).dJ_dalpha",
+    "adam_beta_hypergradient": "return opt.beta_hypergradient(g_t)",
+    "batchnorm_r_forward": "return batchnorm.r_forward(params, x, Rparams, Rx, cache)[0]",
+    "meta_gradient_k_steps": "return maml.meta_gradient(model, theta, batch, alpha, K).grad",
+}
+MIN_QUESTIONS = 2
+STUB_LINE = "raise NotImplementedError()"
 MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+NOTEBOOK_NAMES = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
+
+
+def expected_exercises(name):
+    """The exercise table's entry; for the optional notebook 07, whatever its source holds."""
+    if name.startswith(OPTIONAL):
+        return [n for _, n in assignments.graded_cells(assignments.read_notebook(TUTORIALS / name))]
+    return EXERCISES[name]
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +110,49 @@ def execute(nb, until_last_graded=False):
 
 def test_make_writes_every_notebook_and_prints_a_summary(made):
     out, stdout = made
-    sources = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
+    sources = NOTEBOOK_NAMES
     assert sorted(p.name for p in out.glob("*.ipynb")) == sources
     for name in sources:
         assert name in stdout
     for names in EXERCISES.values():
         for exercise in names:
             assert exercise in stdout
-    assert "hidden tests removed" in stdout
-    assert f"total: {sum(map(len, EXERCISES.values()))} exercises" in stdout
+    assert "hidden tests removed" in stdout and "written answers" in stdout
+    total = sum(len(expected_exercises(name)) for name in sources)
+    answers = sum(len(assignments.answer_cells(assignments.read_notebook(TUTORIALS / n))) for n in sources)
+    assert f"total: {total} exercises and {answers} written answers" in stdout
 
 
 def test_source_notebooks_hold_the_expected_exercises():
-    for path in sorted(TUTORIALS.glob("*.ipynb")):
-        nb = assignments.read_notebook(path)
-        assert [n for _, n in assignments.graded_cells(nb)] == EXERCISES.get(path.name, []), path.name
-    assert sum(map(len, EXERCISES.values())) >= 5
+    assert sorted(n for n in NOTEBOOK_NAMES if not n.startswith(OPTIONAL)) == sorted(EXERCISES)
+    for name in NOTEBOOK_NAMES:
+        nb = assignments.read_notebook(TUTORIALS / name)
+        assert [n for _, n in assignments.graded_cells(nb)] == expected_exercises(name), name
+    assert sum(map(len, EXERCISES.values())) >= 8
+    assert set(BYPASS) == {e for names in EXERCISES.values() for e in names}
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in TUTORIALS.glob("*.ipynb")))
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_every_notebook_asks_written_questions_in_nbgraders_convention(name):
+    """At least two questions per notebook, each answered in a Markdown cell that nbgrader grades
+    by hand, with a model answer between the solution markers."""
+    nb = assignments.read_notebook(TUTORIALS / name)
+    answers = assignments.answer_cells(nb)
+    assert len(answers) >= MIN_QUESTIONS, f"{name}: {len(answers)} written questions"
+    ids = [assignments.nbgrader_metadata(c).get("grade_id") for c in nb["cells"] if assignments.nbgrader_metadata(c)]
+    assert len(ids) == len(set(ids)), f"{name}: duplicate grade_ids {ids}"
+    for i, grade_id in answers:
+        cell = nb["cells"][i]
+        meta = assignments.nbgrader_metadata(cell)
+        assert meta["solution"] is True and meta["grade"] is True and meta["task"] is False, (name, grade_id)
+        assert meta["points"] > 0 and meta.get("locked") is False, (name, grade_id)
+        assert len(assignments.solution_regions(assignments.cell_source(cell))) == 1, \
+            f"{name}, {grade_id}: the model answer must sit in one solution region"
+        question = assignments.cell_source(nb["cells"][i - 1])
+        assert nb["cells"][i - 1]["cell_type"] == "markdown" and question.startswith("**Question"), (name, grade_id)
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
 def test_student_notebook_holds_no_solution_and_no_hidden_test(made, name):
     out, _ = made
     source = assignments.read_notebook(TUTORIALS / name)
@@ -120,7 +172,7 @@ def test_student_notebook_holds_no_solution_and_no_hidden_test(made, name):
     leaked = [line for line in parts["hidden"] if line not in outside and line in student_lines]
     assert not leaked, f"{name}: hidden-test lines in the student version: {leaked}"
 
-    assert [n for _, n in assignments.graded_cells(student)] == EXERCISES.get(name, [])
+    assert [n for _, n in assignments.graded_cells(student)] == expected_exercises(name)
     stubs = [i for i, line in enumerate(code_lines(student)) if line.strip() == "raise NotImplementedError()"]
     regions = sum(line.strip() == BEGIN_SOLUTION for line in code_lines(source))
     assert len(stubs) == regions
@@ -134,7 +186,29 @@ def test_student_notebook_holds_no_solution_and_no_hidden_test(made, name):
             assert cell["outputs"] == [] and cell["execution_count"] is None
 
 
-@pytest.mark.parametrize("name", sorted(EXERCISES))
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_student_notebook_holds_no_model_answer(made, name):
+    out, _ = made
+    source = assignments.read_notebook(TUTORIALS / name)
+    student = assignments.read_notebook(out / name)
+    assert len(student["cells"]) == len(source["cells"])
+    elsewhere = {line.strip() for i, cell in enumerate(source["cells"])
+                 if not assignments.answer_name(cell) for line in assignments.cell_source(cell).splitlines()}
+    for i, grade_id in assignments.answer_cells(source):
+        mine = assignments.cell_source(student["cells"][i])
+        assert assignments.answer_name(student["cells"][i]) == grade_id
+        assert "YOUR ANSWER HERE" in mine, f"{name}, {grade_id}: no answer stub"
+        model = [line.strip() for _, body in assignments.solution_regions(assignments.cell_source(source["cells"][i]))
+                 for line in body if line.strip() and line.strip() not in elsewhere]
+        assert model, f"{name}, {grade_id}: empty model answer"
+        leaked = [line for line in model if line in mine]
+        assert not leaked, f"{name}, {grade_id}: model answer in the student version: {leaked}"
+        restored = assignments.insert_solutions(mine, assignments.solution_regions(
+            assignments.cell_source(source["cells"][i])), stub=assignments.TEXT_STUB)
+        assert restored == assignments.cell_source(source["cells"][i])       # only the answer was removed
+
+
+@pytest.mark.parametrize("name", sorted(n for n, exercises in EXERCISES.items() if exercises))
 def test_graded_cells_fail_for_students_and_pass_with_the_solutions_back(made, name):
     out, _ = made
     source = assignments.read_notebook(TUTORIALS / name)
@@ -157,6 +231,29 @@ def test_graded_cells_fail_for_students_and_pass_with_the_solutions_back(made, n
     errors = execute(restored, until_last_graded=True)   # the rest: tests/test_tutorials.py
     assert all(ename is None for ename in errors.values()), {i: e for i, e in errors.items() if e}
     assert set(graded) <= set(errors)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, exercises in EXERCISES.items() if exercises))
+def test_a_solution_that_only_calls_the_package_fails(made, name):
+    """Each exercise's solution replaced by a call of the package's own implementation (BYPASS):
+    every graded cell must fail, because it switches that implementation off while it runs."""
+    out, _ = made
+    student = assignments.read_notebook(out / name)
+    exercises = [n for _, n in assignments.graded_cells(student)]
+    k = 0
+    for cell in student["cells"]:
+        if cell["cell_type"] == "code" and STUB_LINE in assignments.cell_source(cell):
+            text = assignments.cell_source(cell)
+            indent = next(line for line in text.splitlines() if line.strip() == STUB_LINE)
+            indent = indent[:len(indent) - len(indent.lstrip())]
+            cell["source"] = assignments.insert_solutions(text, [(indent, [indent + BYPASS[exercises[k]]])])
+            k += 1
+    assert k == len(exercises), f"{name}: {k} solution regions for {len(exercises)} exercises"
+    errors = execute(student, until_last_graded=True)
+    graded = dict(assignments.graded_cells(student))
+    for i, exercise in graded.items():
+        assert errors[i] is not None, f"{name}: {exercise!r} passed with a solution that only calls the package"
+    assert all(e is None for i, e in errors.items() if i not in graded), errors
 
 
 # ---- the module on small inputs --------------------------------------------------------------------
@@ -213,3 +310,45 @@ def test_command_refuses_missing_source_and_overwriting_it(tmp_path, capsys):
     assert main(["assignments", "make", str(tmp_path), "--source", str(tmp_path)]) == 1
     assert "must differ" in capsys.readouterr().err
     assert (tmp_path / "a.ipynb").is_file()
+
+
+def test_default_source_is_the_repositorys_tutorials():
+    assert assignments.DEFAULT_SOURCE == TUTORIALS
+
+
+def answer_cell(text, grade_id="q1", **meta):
+    return {"cell_type": "markdown", "source": text, "metadata": {"nbgrader": {
+        "solution": True, "grade": True, "points": 1, "grade_id": grade_id, "task": False, "locked": False, **meta}}}
+
+
+def test_written_answers_become_nbgraders_text_stub():
+    nb = notebook("x = 1")
+    nb["cells"] += [answer_cell("**Your answer:**\n\n### BEGIN SOLUTION\nbecause H is symmetric\n### END SOLUTION", "q1"),
+                    answer_cell("the whole cell is the answer", "q2"),
+                    {"cell_type": "markdown", "source": "plain text", "metadata": {}}]
+    student, summary = assignments.student_notebook(nb, "toy.ipynb")
+    assert assignments.cell_source(student["cells"][1]) == "**Your answer:**\n\nYOUR ANSWER HERE"
+    assert assignments.cell_source(student["cells"][2]) == "YOUR ANSWER HERE"
+    assert assignments.cell_source(student["cells"][3]) == "plain text"
+    assert (summary.answers, summary.answers_replaced) == (["q1", "q2"], 2)
+    assert "2 written answers" in assignments.format_summary([summary])
+
+
+def test_markdown_solution_outside_an_answer_cell_and_duplicate_answers_are_refused():
+    nb = notebook("x = 1")
+    nb["cells"].append({"cell_type": "markdown", "metadata": {},
+                        "source": "### BEGIN SOLUTION\nsecret\n### END SOLUTION"})
+    with pytest.raises(AssignmentError, match="not a written answer"):
+        assignments.student_notebook(nb, "toy.ipynb")
+    nb = notebook("x = 1")
+    nb["cells"] += [answer_cell("a", "q"), answer_cell("b", "q")]
+    with pytest.raises(AssignmentError, match="more than one written answer"):
+        assignments.student_notebook(nb, "toy.ipynb")
+
+
+def test_a_solution_cell_without_a_region_becomes_the_stub_as_a_whole():
+    nb = notebook("def f():\n    return 1")
+    nb["cells"][0]["metadata"] = {"nbgrader": {"solution": True, "grade": False, "grade_id": "f"}}
+    student, summary = assignments.student_notebook(nb, "toy.ipynb")
+    assert assignments.cell_source(student["cells"][0]) == "# YOUR CODE HERE\nraise NotImplementedError()"
+    assert summary.solutions_replaced == 1

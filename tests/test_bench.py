@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from numpy_amaml import backend, bench, parallel
+from numpy_amaml import backend, parallel
+from numpy_amaml.commands import bench
 
 pytestmark = pytest.mark.skipif(backend.backend_name() != "numpy",
                                 reason="checks the NumPy rows (CPU threads, tracemalloc); bench/gpu_check.sh runs CuPy's")
@@ -26,8 +27,11 @@ def test_sinusoid_row_prints_time_memory_and_phases(restore_threads, capsys):
     out = capsys.readouterr().out
     assert "backend numpy" in out
     row = next(line for line in out.splitlines() if line.startswith("sinusoid MLP"))
-    threads, seconds, memory, unit = row.split()[-4:]
+    threads, seconds, gflop, gflop_per_s, memory, unit = row.split()[-6:]
     assert threads == "1" and float(seconds) > 0 and float(memory) > 0 and unit == "MiB"
+    assert float(gflop) == pytest.approx(bench.matmul_flops(bench.CASES[0], bench.make_problem(bench.CASES[0])[0]) / 1e9,
+                                         abs=0.01)
+    assert float(gflop_per_s) > 0
     assert "time share by phase" in out
 
 
@@ -49,3 +53,28 @@ def test_cnn_problem_has_the_papers_shapes():
     model, theta, batch, alpha = bench.make_problem(case)
     assert batch.x_support.shape == (32, 5, 28, 28, 1) and batch.y_query.shape == (32, 5)
     assert alpha == 0.4 and set(theta) == set(model.param_shapes)
+
+
+def test_matmul_flops_counted_from_the_layer_shapes():
+    """The sinusoid MLP 1-40-40-1 on 10 support and 10 query points per task: forward
+    matmuls f = 2·10·(1·40, 40·40, 40·1) = (800, 32000, 800) FLOPs. A forward + backward
+    sweep costs 3f per layer (2f for the first: no dx), the R-sweeps 6f (2f for the first)."""
+    case = bench.CASES[0]
+    model = bench.make_problem(case)[0]
+    assert [f for _, f in bench.layer_matmul_flops(model, 10)] == [800, 32000, 800]
+    sweep = 2 * 800 + 3 * 32000 + 3 * 800
+    r_sweeps = 2 * 800 + 6 * 32000 + 6 * 800
+    assert bench.matmul_flops(case, model) == 25 * (2 * sweep + r_sweeps)          # support, query, HVP
+    first_order = bench.BenchCase("fo", "sinusoid", meta_batch=25, shots=10, queries=10, first_order=True)
+    assert bench.matmul_flops(first_order, model) == 25 * 2 * sweep
+    five = bench.BenchCase("K5", "sinusoid", meta_batch=25, shots=10, queries=10, inner_steps=5)
+    assert bench.matmul_flops(five, model) == 25 * (5 * sweep + sweep + 5 * r_sweeps + 4 * sweep)
+
+
+def test_cnn_flops_scale_with_the_layer_shapes():
+    """Strided CNN, 5 samples: conv1 28→14 with C_in = 1, conv2 14→7, ... (2·M·9·C_in·C_out)."""
+    case = next(c for c in bench.CASES if c.name.startswith("CNN strided"))
+    model = bench.make_problem(case)[0]
+    flops = [f for _, f in bench.layer_matmul_flops(model, 5)]
+    assert flops == [2 * 5 * 14 * 14 * 9 * 1 * 64, 2 * 5 * 7 * 7 * 9 * 64 * 64, 2 * 5 * 4 * 4 * 9 * 64 * 64,
+                     2 * 5 * 2 * 2 * 9 * 64 * 64, 2 * 5 * 64 * 5]

@@ -6,7 +6,8 @@ import types
 import numpy as np
 import pytest
 
-from numpy_amaml import backend, gradcheck, gradcheck_report, layers, losses, models
+from numpy_amaml import architectures, backend, gradcheck, layers, losses
+from numpy_amaml.commands import gradcheck as gradcheck_report
 from numpy_amaml.backend import asarray, to_numpy
 from numpy_amaml.cli import main
 from numpy_amaml.model import Layer, Model
@@ -171,7 +172,7 @@ def test_check_model_hvp_catches_a_term_only_a_deep_model_uses():
 
 
 def test_check_model_hvp_steps_a_distance_h_whatever_the_size_of_v():
-    model = models.sinusoid_mlp(hidden=(6,))
+    model = architectures.sinusoid_mlp(hidden=(6,))
     params = model.init_params(seed=1)
     x = asarray(np.random.default_rng(2).uniform(-5, 5, size=(8, 1)))
     y = asarray(np.sin(to_numpy(x)))
@@ -230,7 +231,7 @@ def test_report_tol_option(capsys, monkeypatch):
 
 def test_kink_margin_of_relu_and_maxpool():
     """The report redraws a model's check point until it is this far from every kink."""
-    mlp = models.sinusoid_mlp(hidden=(2,))
+    mlp = architectures.sinusoid_mlp(hidden=(2,))
     params = {"fc1.W": asarray([[1.0, 1.0]]), "fc1.b": asarray([0.3, -0.5]),
               "fc2.W": asarray([[1.0], [1.0]]), "fc2.b": asarray([0.0])}
     x = asarray([[1.0], [0.2]])                    # ReLU inputs 1.3, 0.5, 0.5, −0.3

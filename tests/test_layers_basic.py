@@ -1,5 +1,5 @@
 """Linear, ReLU, MSE and softmax cross-entropy: every derivative against finite
-differences (DESIGN §7), in float64, at the 1e-6 bar; plus the closed forms of §3."""
+differences (docs/method.md §12), in float64, at the 1e-6 bar; plus the closed forms of §7."""
 import numpy as np
 import pytest
 
@@ -43,7 +43,7 @@ def test_linear_gradcheck(task, n, d_in, d_out):
 
 
 def test_linear_closed_forms_by_hand():
-    """DESIGN §3 on a 2-sample, 2-in, 2-out case worked out on paper:
+    """docs/method.md §7 on a 2-sample, 2-in, 2-out case worked out on paper:
     Ry = Rx W + x RW + Rb,  R{dx} = R{dy} Wᵀ + dy RWᵀ,  R{dW} = Rxᵀ dy + xᵀ R{dy},  R{db} = Σ R{dy}."""
     x = asarray([[1, 2], [0, -1]])
     params = {"W": asarray([[1, -1], [2, 0]]), "b": asarray([0.5, -0.5])}

@@ -8,7 +8,7 @@ from numpy_amaml import backend
 from numpy_amaml.backend import xp
 from numpy_amaml.gradcheck import check_layer, check_model_gradient, check_model_hvp, rel_error
 from numpy_amaml.layers import batchnorm, conv2d, conv2d_naive, flatten, maxpool, meanpool
-from numpy_amaml.models import omniglot_cnn
+from numpy_amaml.architectures import omniglot_cnn
 
 TOL = 1e-6
 

@@ -7,7 +7,7 @@ its central differences to a relative error ≤ 1e-6.
 import numpy as np
 import pytest
 
-from numpy_amaml import gradcheck, layers, losses, models
+from numpy_amaml import gradcheck, layers, losses, architectures
 from numpy_amaml.alpha_maml import AlphaMAML, TrainingDiverged
 from numpy_amaml.backend import asarray, to_numpy
 from numpy_amaml.maml import TaskBatch, adapt, meta_gradient, meta_objective
@@ -38,7 +38,7 @@ def image_batch(B=2, ways=3, size=8, seed=0):
 
 
 def small_mlp():
-    return models.sinusoid_mlp(hidden=(8, 8))
+    return architectures.sinusoid_mlp(hidden=(8, 8))
 
 
 def numerical_meta_gradient(model, theta, batch, alpha, K):
@@ -67,7 +67,7 @@ def test_meta_gradient_mlp_matches_finite_differences_of_J(K):
 @pytest.mark.parametrize("K", [1, 2, 3])
 def test_meta_gradient_cnn_matches_finite_differences_of_J(K, downsample):
     size = 8 if downsample == "stride" else 16       # four 2×2 pools need 16 pixels
-    model = models.omniglot_cnn(ways=3, channels=3, downsample=downsample, image_size=size)
+    model = architectures.omniglot_cnn(ways=3, channels=3, downsample=downsample, image_size=size)
     batch, theta = image_batch(size=size), model.init_params(seed=2)
     alpha = 0.1
     result = meta_gradient(model, theta, batch, alpha, K)
@@ -114,7 +114,7 @@ def test_first_order_equals_query_gradient_at_adapted_parameters(K, task):
     if task == "sinusoid":
         model, batch, alpha = small_mlp(), sinusoid_batch(), 0.01
     else:
-        model, batch, alpha = models.omniglot_cnn(ways=3, channels=3, image_size=8), image_batch(), 0.1
+        model, batch, alpha = architectures.omniglot_cnn(ways=3, channels=3, image_size=8), image_batch(), 0.1
     theta = model.init_params(seed=1)
     fo = meta_gradient(model, theta, batch, alpha, K, first_order=True)
     phi_K = adapt(model, theta, batch.x_support, batch.y_support, alpha, K)
@@ -202,7 +202,7 @@ def test_beta_rule_adam_matches_derivative_of_next_J_in_beta():
 
 
 def test_alpha_maml_step_follows_design_order():
-    """One AlphaMAML.step equals the hand-written sequence of DESIGN §2."""
+    """One AlphaMAML.step equals the hand-written sequence of docs/method.md §6."""
     model, batch = small_mlp(), sinusoid_batch()
     theta = model.init_params(seed=1)
     learner = AlphaMAML(model, dict(theta), 0.01, SGD(0.01, hyper_lr=1e-3), inner_steps=1,

@@ -1,4 +1,4 @@
-"""The Model: gradient and exact Hessian-vector product of a layer sequence (DESIGN §2-§4, §7).
+"""The Model: gradient and exact Hessian-vector product of a layer sequence (docs/method.md §7, §8, §12).
 
 All in float64. Three layouts of a batch:
   unbatched     params (...),    x (N, 1)       one task
@@ -8,7 +8,7 @@ All in float64. Three layouts of a batch:
 import numpy as np
 import pytest
 
-from numpy_amaml import backend, gradcheck, layers, losses, models
+from numpy_amaml import backend, gradcheck, layers, losses, architectures
 from numpy_amaml.backend import asarray, to_numpy
 from numpy_amaml.model import Layer, Model
 
@@ -34,7 +34,7 @@ def per_task(params, b=B, seed=0):
 
 
 def make_case(layout, hidden=(40, 40), seed=0):
-    model = models.sinusoid_mlp(hidden=hidden)
+    model = architectures.sinusoid_mlp(hidden=hidden)
     params = model.init_params(seed=seed)
     rng = np.random.default_rng(seed + 100)
     if layout == "unbatched":
@@ -113,7 +113,7 @@ def unflatten(vec, like, keys):
 def test_explicit_hessian_of_tiny_mlp():
     """H of a 1-3-3-1 MLP built column by column from hvp(e_j): symmetric, equal to
     finite differences of the gradient column by column, and H v = hvp(v) for any v."""
-    model = models.sinusoid_mlp(hidden=(3, 3))
+    model = architectures.sinusoid_mlp(hidden=(3, 3))
     params = model.init_params(seed=4)
     x, y = sinusoid_batch(np.random.default_rng(5))
     keys = sorted(params)
@@ -183,7 +183,7 @@ def test_omniglot_cnn_batch_equals_loop_over_tasks(downsample, image_size, share
     """Batch norm takes its statistics per task: a batch of tasks must not mix them,
     whether each task has its own φ_i or all share θ. (Finite-difference checks of the
     CNN layers and models live in test_layers_cnn.py and the gradcheck report.)"""
-    model = models.omniglot_cnn(ways=3, channels=4, downsample=downsample, image_size=image_size)
+    model = architectures.omniglot_cnn(ways=3, channels=4, downsample=downsample, image_size=image_size)
     rng = np.random.default_rng(21)
     theta = model.init_params(seed=5)
     params = theta if shared else per_task(theta, seed=6)
@@ -232,7 +232,7 @@ def test_classifier_gradient_and_hvp():
 # ---- init_params ----------------------------------------------------------------------
 
 def test_init_params_is_seeded():
-    model = models.sinusoid_mlp()
+    model = architectures.sinusoid_mlp()
     a, b, c = model.init_params(seed=1), model.init_params(seed=1), model.init_params(seed=2)
     assert set(a) == set(model.param_shapes) == {"fc1.W", "fc1.b", "fc2.W", "fc2.b", "fc3.W", "fc3.b"}
     for k in a:
@@ -242,7 +242,7 @@ def test_init_params_is_seeded():
 
 
 def test_init_params_dtype_and_bounds():
-    model = models.sinusoid_mlp()
+    model = architectures.sinusoid_mlp()
     assert all(p.dtype == np.float64 for p in model.init_params().values())     # active dtype
     assert all(p.dtype == np.float32 for p in model.init_params(dtype=np.float32).values())
     params = model.init_params(seed=3)
@@ -254,7 +254,7 @@ def test_init_params_dtype_and_bounds():
 
 def test_float32_default_for_training():
     backend.set_dtype("float32")      # the fixture restores float64 afterwards
-    model = models.sinusoid_mlp(hidden=(8,))
+    model = architectures.sinusoid_mlp(hidden=(8,))
     params = model.init_params()
     x, y = (a.astype(np.float32) for a in sinusoid_batch(np.random.default_rng(0), (B,)))
     loss, grads = model.loss_and_grad(params, x, y)

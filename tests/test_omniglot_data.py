@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw
 
 from numpy_amaml import omniglot
 from numpy_amaml.omniglot import (OmniglotChecksumError, OmniglotDownloadError, OmniglotFormatError,
-                                  OmniglotNotFoundError, TaskSampler, load_omniglot, split_characters)
+                                  OmniglotNotFoundError, load_omniglot)
+from numpy_amaml.omniglot_sampler import TaskSampler, split_characters
 
 REAL_SHARED_DIR = omniglot.SHARED_DATA_DIR
 TINY_ALPHABETS = {"background": ("Alpha_bg", "Beta_bg"), "evaluation": ("Delta_ev", "Gamma_ev")}

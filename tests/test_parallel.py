@@ -3,7 +3,7 @@ speed, not the numbers: every result must equal the one-thread result exactly.""
 import numpy as np
 import pytest
 
-from numpy_amaml import backend, models, parallel
+from numpy_amaml import backend, architectures, parallel
 from numpy_amaml.maml import TaskBatch, meta_gradient
 
 
@@ -45,7 +45,7 @@ def assert_same(a, b):
 def cnn_problem(B, seed=0):
     """A small max-pool CNN and a batch of B 3-way 1-shot tasks on random images."""
     rng = np.random.default_rng(seed)
-    model = models.omniglot_cnn(ways=3, channels=4, downsample="maxpool", image_size=12, blocks=2)
+    model = architectures.omniglot_cnn(ways=3, channels=4, downsample="maxpool", image_size=12, blocks=2)
     x = backend.asarray(rng.random((B, 3, 12, 12, 1)))
     labels = backend.array_module().asarray(np.tile(np.arange(3), (B, 1)))
     return model, model.init_params(seed), x, labels, rng
@@ -139,7 +139,7 @@ def test_samples_without_a_task_axis_are_not_split(restore_threads):
 def test_callers_error_state_holds_in_the_threads(restore_threads):
     """Each slice runs in a copy of the caller's context, so np.errstate reaches it:
     an overflow inside a thread raises, as it does with one thread."""
-    model = models.sinusoid_mlp()
+    model = architectures.sinusoid_mlp()
     huge = {k: v * np.float32(1e20) for k, v in model.init_params(0).items()}
     x, y = backend.asarray(np.ones((4, 5, 1))), backend.asarray(np.zeros((4, 5, 1)))
     for n in (1, 2):
@@ -149,7 +149,7 @@ def test_callers_error_state_holds_in_the_threads(restore_threads):
 
 
 def test_training_run_is_identical_with_threads_and_restores_the_setting(restore_threads, tmp_path):
-    from numpy_amaml.train import train
+    from numpy_amaml.training import train
     options = dict(task="sinusoid", iterations=3, meta_batch=4, log_every=1, checkpoint_every=3)
     parallel.set_threads(1)
     one = train(options, out=tmp_path / "one", progress=False, threads=1)

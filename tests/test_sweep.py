@@ -1,5 +1,6 @@
-"""The sweep command (numpy_amaml.sweep): a grid of independent training runs in worker
-processes, resumable, with a convergence rule, a results table and figures.
+"""The sweep (numpy_amaml.sweep, sweep_results, executors and the sweep command): a grid of
+independent training runs in worker processes or on a Dask cluster, resumable, with a
+convergence rule, a results table and figures.
 
 The sweeps here are tiny (a 2×2 grid, 30 iterations, 20 test tasks); most of their time is
 spawning the worker processes. Cells run with --no-cell-figures (train's own figures are
@@ -14,11 +15,12 @@ from dataclasses import asdict
 
 import pytest
 
-from numpy_amaml import omniglot, sweep, train as train_module
+from contextlib import redirect_stdout
+
+from numpy_amaml import omniglot, sweep, sweep_results, training
 from numpy_amaml.checkpoint import load_checkpoint, save_checkpoint
 from numpy_amaml.cli import main
-from numpy_amaml.train import read_metrics
-from contextlib import redirect_stdout
+from numpy_amaml.run_folder import read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--iterations", "30", "--eval-tasks", "20", "--seeds", "0", "--no-progress", "--no-cell-figures"]
@@ -46,8 +48,8 @@ def grid_sweep(tmp_path_factory):
 def test_grid_sweep_writes_results_summary_and_figures(grid_sweep):
     code, out, printed = grid_sweep
     assert code == 0
-    assert "8 cells, 0 already finished (skipped), 8 to run on 2 workers" in printed
-    rows = sweep.read_csv(out / "results.csv")
+    assert "8 cells, 0 already finished (skipped), 8 to run on 2 local worker processes" in printed
+    rows = sweep_results.read_csv(out / "results.csv")
     assert len(rows) == 8
     assert {(r["method"], r["alpha0"], r["beta0"]) for r in rows} == {
         (m, a, b) for m in ("maml", "alpha-maml") for a in ("0.01", "0.03") for b in ("0.001", "0.003")}
@@ -92,11 +94,11 @@ def test_rerun_recomputes_only_missing_cells(grid_sweep, tmp_path, capsys):
     others = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert len(others) == 7
     assert sweep_main(out, *GRID, "--workers", 2) == 0
-    assert "8 cells, 7 already finished (skipped), 1 to run on 1 worker" in capsys.readouterr().out
+    assert "8 cells, 7 already finished (skipped), 1 to run on 1 local worker process" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in others} == others    # untouched
     assert missing.is_file()
-    again = {r["method"] + r["alpha0"] + r["beta0"]: r for r in sweep.read_csv(out / "results.csv")}
-    before = {r["method"] + r["alpha0"] + r["beta0"]: r for r in sweep.read_csv(finished / "results.csv")}
+    again = {r["method"] + r["alpha0"] + r["beta0"]: r for r in sweep_results.read_csv(out / "results.csv")}
+    before = {r["method"] + r["alpha0"] + r["beta0"]: r for r in sweep_results.read_csv(finished / "results.csv")}
     assert again.keys() == before.keys()
     # the recomputed cell is the same run (same seed): same numbers
     assert again["maml0.030.003"]["metric"] == before["maml0.030.003"]["metric"]
@@ -125,7 +127,7 @@ def test_diverged_cells_are_results(tmp_path, capsys):
                       "--no-progress", "--no-cell-figures")
     printed = capsys.readouterr().out
     assert code == 0
-    rows = {r["alpha0"]: r for r in sweep.read_csv(out / "results.csv")}
+    rows = {r["alpha0"]: r for r in sweep_results.read_csv(out / "results.csv")}
     absurd, large_beta = rows["1000"], rows["0.01"]
     assert absurd["diverged"] == "True" and absurd["diverged_at"] == "1" and absurd["converged"] == "False"
     assert absurd["metric"] == "" and float(absurd["final_alpha"]) == 1000     # nothing logged: the start
@@ -141,11 +143,12 @@ def test_diverged_cells_are_results(tmp_path, capsys):
 
 def test_hypergradient_rate_mode(tmp_path, capsys):
     out = tmp_path / "hyper"
-    code = sweep_main(out, "--starts", "0.01:0.001", "--alpha-hyper-lrs", "1e-5,1e-4", "--beta-hyper-lrs", "1e-7",
+    code = sweep_main(out, "--starts", "0.01:0.001", "--hyper-rule", "additive", "--alpha-hyper-lrs", "1e-5,1e-4",
+                      "--beta-hyper-lrs", "1e-7",
                       "--iterations", 10, "--eval-tasks", 20, "--workers", 2, "--no-progress", "--no-cell-figures")
     printed = capsys.readouterr().out
     assert code == 0
-    rows = sweep.read_csv(out / "results.csv")
+    rows = sweep_results.read_csv(out / "results.csv")
     assert sorted((r["sweep"], r["method"], r["gamma_alpha"], r["gamma_beta"]) for r in rows) == [
         ("gamma_alpha", "alpha-maml", "0.0001", "1e-07"), ("gamma_alpha", "alpha-maml", "1e-05", "1e-07"),
         ("gamma_beta", "alpha-maml", "1e-05", "1e-07"), ("reference", "maml", "0", "0")]
@@ -161,21 +164,21 @@ def test_convergence_rule_on_a_handcrafted_table():
     rows = [{"diverged": False, "metric": 0.20}, {"diverged": False, "metric": 0.30},
             {"diverged": False, "metric": 0.31}, {"diverged": True, "metric": None},
             {"diverged": False, "metric": None}, {"diverged": False, "metric": math.inf}]
-    flags, threshold = sweep.converged_flags(rows, "sinusoid", mse_ratio=1.5)
+    flags, threshold = sweep_results.converged_flags(rows, "sinusoid", mse_ratio=1.5)
     assert threshold == pytest.approx(0.30)
     assert flags == [True, True, False, False, False, False]
-    assert sweep.converged_flags(rows, "sinusoid", mse_ratio=2.0)[0][:3] == [True, True, True]
+    assert sweep_results.converged_flags(rows, "sinusoid", mse_ratio=2.0)[0][:3] == [True, True, True]
 
     accuracy = [{"diverged": False, "metric": 0.95}, {"diverged": False, "metric": 0.90},
                 {"diverged": False, "metric": 0.899}, {"diverged": True, "metric": 0.99}]
-    flags, threshold = sweep.converged_flags(accuracy, "omniglot", accuracy_gap=0.05)
+    flags, threshold = sweep_results.converged_flags(accuracy, "omniglot", accuracy_gap=0.05)
     assert threshold == pytest.approx(0.90)            # a diverged cell is never the best
     assert flags == [True, True, False, False]
-    assert sweep.converged_flags([{"diverged": True, "metric": None}], "omniglot") == ([False], None)
+    assert sweep_results.converged_flags([{"diverged": True, "metric": None}], "omniglot") == ([False], None)
 
-    text = sweep.convergence_rule("sinusoid", 1.5, 0.05, 1)
+    text = sweep_results.convergence_rule("sinusoid", 1.5, 0.05, 1)
     assert "not diverged" in text and "1.5 x the lowest" in text and "after 1 inner step" in text
-    assert "highest such accuracy of any cell of this sweep - 0.05" in sweep.convergence_rule("omniglot", 1.5, 0.05, 3)
+    assert "highest such accuracy of any cell of this sweep - 0.05" in sweep_results.convergence_rule("omniglot", 1.5, 0.05, 3)
 
 
 def test_summary_counts_runs_and_starting_points():
@@ -184,7 +187,7 @@ def test_summary_counts_runs_and_starting_points():
                                   ("maml", 0.1, 0, False, True), ("maml", 0.1, 1, False, True),
                                   ("alpha-maml", 0.01, 0, True, False), ("alpha-maml", 0.01, 1, True, False),
                                   ("alpha-maml", 0.1, 0, True, False), ("alpha-maml", 0.1, 1, False, False)]]
-    lines = sweep.summarize(rows, {"task": "sinusoid", "iterations": 5}, 0.3, "RULE")
+    lines = sweep_results.summarize(rows, {"task": "sinusoid", "iterations": 5}, 0.3, "RULE")
     assert "seeds 0,1; RULE (threshold 0.3)" in lines[0]
     assert lines[1] == "  MAML: converged 1/4 runs (25%), 0/2 starting points with every seed converged, 2 diverged"
     assert lines[2] == ("  Alpha MAML: converged 3/4 runs (75%), 1/2 starting points with every seed converged, "
@@ -202,6 +205,7 @@ def test_summary_counts_runs_and_starting_points():
     (["--alpha-hyper-lrs", "1e-5", "--alpha-hyper-lr", "1e-4"], "not both"),
     (["--ways", "5"], "only apply to --task omniglot"),
     (["--workers", "0"], "--workers must be"),
+    (["--workers", "2", "--dask-scheduler", "tcp://127.0.0.1:1"], "a Dask cluster has its own workers"),
 ])
 def test_bad_options_are_named(tmp_path, capsys, options, message):
     assert sweep_main(tmp_path / "bad", "--iterations", 5, "--no-progress", *options) == 2
@@ -228,13 +232,12 @@ def test_omniglot_cell(tmp_path, monkeypatch):
         write_zip(data / f"images_{set_name}.zip", tiny_entries(set_name))
     write_sums(data)
     monkeypatch.setattr(omniglot, "DEFAULT_CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(train_module.Trainer, "plot", lambda self, task_figure=True: None)
     settings = {"task": "omniglot", "iterations": 3, "eval_tasks": 4,
                 "train": {"data_dir": str(data), "ways": 3, "channels": 4, "meta_batch": 2, "queries": 1,
                           "val_tasks": 3, "test_inner_steps": 2}}
     cells = sweep.make_cells(["maml", "alpha-maml"], [0.4], [0.001], [0])
-    results = [sweep.run_cell({"cell": asdict(c), "settings": settings, "out": str(tmp_path / "out")})
-               for c in cells]
+    results = [sweep.run_cell({"cell": asdict(c), "settings": settings, "out": str(tmp_path / "out"),
+                               "cell_figures": False}) for c in cells]
     assert all("error" not in r for r in results), results
     for result in results:
         assert result["evaluation"]["metric_steps"] == 2
@@ -242,19 +245,18 @@ def test_omniglot_cell(tmp_path, monkeypatch):
         assert all(0 <= row["mean"] <= 1 for row in result["evaluation"]["results"])
         config = json.loads((tmp_path / "out" / result["run_dir"] / "config.json").read_text())
         assert config["val_every"] == 3 and config["checkpoint_every"] == 3 and config["queries"] == 1
-    rows, columns, _ = sweep.table(results, "omniglot", 1.5, 0.05)
+    rows, columns, _ = sweep_results.table(results, "omniglot", 1.5, 0.05)
     assert "acc_k2" in columns and rows[0]["metric"] == rows[0]["acc_k2"]
-    lines, figures = sweep.report(results, settings, tmp_path / "out", 1.5, 0.05)
+    lines, figures = sweep_results.report(results, settings, tmp_path / "out", 1.5, 0.05)
     assert "accuracy after 2 inner steps" in lines[0] and figures == ["heatmap.png", "trajectories.png"]
     assert sorted(os.listdir(tmp_path / "cache"))                         # the cache went to tmp_path
 
 
-def test_an_adaptation_that_blows_up_at_test_time_costs_only_its_step_count(tmp_path, monkeypatch):
+def test_an_adaptation_that_blows_up_at_test_time_costs_only_its_step_count(tmp_path):
     # A finished run whose α is then made large: one inner step stays finite, ten do not.
-    monkeypatch.setattr(train_module.Trainer, "plot", lambda self, task_figure=True: None)
     run_dir = tmp_path / "run"
-    trainer = train_module.train({"task": "sinusoid", "method": "maml", "iterations": 2}, out=run_dir,
-                                 progress=False)
+    trainer = training.train({"task": "sinusoid", "method": "maml", "iterations": 2}, out=run_dir,
+                             progress=False, figures=False)
     state = load_checkpoint(run_dir / "checkpoint.npz")
     state["alpha"] = 2.0
     save_checkpoint(run_dir / "checkpoint.npz", state)
@@ -263,3 +265,31 @@ def test_an_adaptation_that_blows_up_at_test_time_costs_only_its_step_count(tmp_
     assert set(rows) == {0, 1, 10} and evaluation["metric_steps"] == 1
     assert rows[0] > 0 and rows[1] > 0 and rows[10] is None
     assert list(evaluation["failed"]) == ["10"] and "NaN or Inf" in evaluation["failed"]["10"]
+
+
+# ---- the same grid on a Dask cluster ---------------------------------------------------------------
+
+def test_grid_on_a_dask_cluster_gives_the_same_results(grid_sweep, tmp_path, capsys):
+    """A LocalCluster (2 worker processes) stands in for a real cluster: the cells, the CSV and
+    the resume are the same as with local processes; only the wall times differ."""
+    distributed = pytest.importorskip("distributed")
+    _, local, _ = grid_sweep
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        out = tmp_path / "dask"
+        assert sweep_main(out, *GRID, "--dask-scheduler", cluster.scheduler_address) == 0
+        assert "8 to run on the Dask cluster at tcp://" in capsys.readouterr().out
+        same = lambda path: [{k: v for k, v in row.items() if k != "wall_s"}
+                             for row in sweep_results.read_csv(path / "results.csv")]
+        assert same(out) == same(local)
+        (out / "cells" / "maml_a0.01_b0.001_s0.json").unlink()          # resume through the cluster
+        assert sweep_main(out, *GRID, "--dask-scheduler", cluster.scheduler_address) == 0
+        assert "7 already finished (skipped), 1 to run" in capsys.readouterr().out
+        assert same(out) == same(local)
+
+
+def test_an_unreachable_dask_scheduler_is_one_line(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    assert sweep_main(tmp_path / "x", *GRID, "--dask-scheduler", "tcp://127.0.0.1:9") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:9") and "Traceback" not in err

@@ -1,8 +1,9 @@
-"""The train and evaluate commands (numpy_amaml.train, numpy_amaml.evaluate), the checkpoint
-format (numpy_amaml.checkpoint) and the figures, all through the command line's ``main``.
+"""Training and evaluation (numpy_amaml.training, run_folder, evaluation, meta_test and the
+train and evaluate commands), the checkpoint format (numpy_amaml.checkpoint) and the figures,
+mostly through the command line's ``main``.
 
 Runs are short sinusoid runs (about 1 ms per iteration). Drawing the figures costs about a
-second per checkpoint, so the tests that do not look at them use the ``no_figures`` fixture.
+second, so the tests that do not look at them pass --no-figures (``train(..., figures=False)``).
 An Omniglot smoke test uses a tiny Omniglot-layout zip pair (from tests/test_omniglot_data.py)
 and a 4-channel CNN.
 """
@@ -11,21 +12,23 @@ import json
 import numpy as np
 import pytest
 
-from numpy_amaml import backend, omniglot, train as train_module
+from numpy_amaml import backend, omniglot
+from numpy_amaml.architectures import sinusoid_mlp
 from numpy_amaml.checkpoint import load_checkpoint, save_checkpoint
 from numpy_amaml.cli import main
-from numpy_amaml.evaluate import evaluate_sinusoid, mean_ci
-from numpy_amaml.models import sinusoid_mlp
-from numpy_amaml.train import HYPER_LR_DEFAULTS, load_run, read_metrics, resolve_config
+from numpy_amaml.config import default_hyper_lrs, resolve_config
+from numpy_amaml.evaluation import evaluate_sinusoid, mean_ci
+from numpy_amaml.run_folder import load_run, read_metrics
 
 FAST = ["--no-progress", "--checkpoint-every", "1000"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def train(tmp_path, name, *options):
-    """Run ``train`` into tmp_path/name; returns (exit code, run folder)."""
+def train(tmp_path, name, *options, figures=False):
+    """Run ``train`` into tmp_path/name (with figures only if asked); returns (exit code, run folder)."""
     out = tmp_path / name
-    return main(["train", "--out", str(out), *FAST, *map(str, options)]), out
+    return main(["train", "--out", str(out), *FAST, *([] if figures else ["--no-figures"]),
+                 *map(str, options)]), out
 
 
 def assert_png(path):
@@ -38,12 +41,6 @@ def restore_dtype():
     before = backend.float_dtype()
     yield
     assert backend.float_dtype() is before
-
-
-@pytest.fixture
-def no_figures(monkeypatch):
-    """Skip drawing the PNGs (the slowest part of a short run)."""
-    monkeypatch.setattr(train_module.Trainer, "plot", lambda self, task_figure=True: None)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +59,8 @@ def test_run_folder_holds_config_metrics_checkpoint_and_figures(short_run, capsy
     config = json.loads((short_run / "config.json").read_text())
     assert config["task"] == "sinusoid" and config["method"] == "alpha-maml"
     assert (config["alpha"], config["beta"], config["meta_batch"], config["shots"]) == (0.01, 0.001, 25, 10)
-    assert (config["alpha_hyper_lr"], config["beta_hyper_lr"]) == HYPER_LR_DEFAULTS[("sinusoid", "adam")]
+    assert (config["alpha_hyper_lr"], config["beta_hyper_lr"]) == default_hyper_lrs(config["hyper_rule"],
+                                                                                     "sinusoid", "adam")
     assert config["ways"] is None                     # Omniglot-only settings do not apply
 
     records = read_metrics(short_run)
@@ -82,14 +80,15 @@ def test_run_folder_holds_config_metrics_checkpoint_and_figures(short_run, capsy
     assert not [p.name for p in short_run.iterdir() if p.name.startswith(".")]   # no temp files
 
 
-def test_summary_names_the_run_folder(tmp_path, capsys, no_figures):
+def test_summary_names_the_run_folder(tmp_path, capsys):
     code, out = train(tmp_path, "run", "--iterations", 3, "--method", "maml")
     printed = capsys.readouterr().out
     assert code == 0
-    assert str(out) in printed and "losses.png" in printed and "evaluate" in printed
+    assert str(out) in printed and "config.json" in printed and "evaluate" in printed
+    assert "figures:" not in printed                         # --no-figures
 
 
-def test_maml_keeps_alpha_and_beta_fixed(tmp_path, no_figures):
+def test_maml_keeps_alpha_and_beta_fixed(tmp_path):
     code, out = train(tmp_path, "maml", "--iterations", 5, "--method", "maml", "--alpha", 0.02)
     assert code == 0
     config, _, state = load_run(out)
@@ -99,7 +98,7 @@ def test_maml_keeps_alpha_and_beta_fixed(tmp_path, no_figures):
 
 # ---- resuming -----------------------------------------------------------------------------
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, no_figures):
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     common = ["--method", "alpha-maml", "--optimizer", "adam", "--seed", 3, "--log-every", 5]
     assert train(tmp_path, "whole", "--iterations", 40, *common)[0] == 0
     code, half = train(tmp_path, "half", "--iterations", 20, *common)
@@ -121,7 +120,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, no_figures):
     assert without_time(read_metrics(half)) == without_time(read_metrics(tmp_path / "whole"))
 
 
-def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path, no_figures):
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
     code, out = train(tmp_path, "run", "--iterations", 10, "--log-every", 2)
     assert code == 0
     with open(out / "metrics.jsonl", "a") as f:          # as if it had run on past its checkpoint
@@ -131,7 +130,7 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path, no_figures):
     assert "query_loss_pre" in read_metrics(out)[-2]
 
 
-def test_resume_errors_are_clear(tmp_path, capsys, no_figures):
+def test_resume_errors_are_clear(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "missing"), *FAST]) == 2
     assert "no such folder" in capsys.readouterr().err
 
@@ -147,7 +146,7 @@ def test_resume_errors_are_clear(tmp_path, capsys, no_figures):
     assert "--resume" in capsys.readouterr().err
 
 
-def test_bad_options_are_named(tmp_path, capsys, no_figures):
+def test_bad_options_are_named(tmp_path, capsys):
     assert train(tmp_path, "a", "--ways", 5)[0] == 2
     assert "--ways only apply to --task omniglot" in capsys.readouterr().err
     assert train(tmp_path, "b", "--method", "maml", "--alpha-hyper-lr", 1e-3)[0] == 2
@@ -160,18 +159,19 @@ def test_bad_options_are_named(tmp_path, capsys, no_figures):
 
 # ---- learning, divergence, per-tensor α -------------------------------------------------------
 
-def test_alpha_maml_learns_to_adapt_and_moves_the_rates(tmp_path, no_figures):
+def test_alpha_maml_learns_to_adapt_and_moves_the_rates(tmp_path):
     code, out = train(tmp_path, "learn", "--iterations", 600, "--log-every", 50)
     assert code == 0
     config, model, state = load_run(out)
-    result = evaluate_sinusoid(model, state["theta"], state["alpha"], steps=(1, 10), tasks=100, seed=7)
+    result, failed = evaluate_sinusoid(model, state["theta"], state["alpha"], steps=(1, 10), tasks=100, seed=7)
+    assert failed == {}
     pre, after_10 = result[0][0], result[10][0]
     assert after_10 < 0.5 * pre, result
     assert result[1][0] < pre
     assert state["alpha"] != config.alpha and state["optimizer"]["beta"] != config.beta
 
 
-def test_divergence_stops_cleanly_and_names_the_iteration(tmp_path, capsys, no_figures):
+def test_divergence_stops_cleanly_and_names_the_iteration(tmp_path, capsys):
     code, out = train(tmp_path, "diverge", "--iterations", 20, "--alpha", 1e3)
     err = capsys.readouterr().err
     assert code == 1
@@ -183,7 +183,7 @@ def test_divergence_stops_cleanly_and_names_the_iteration(tmp_path, capsys, no_f
 def test_divergence_after_some_iterations_keeps_the_metrics(tmp_path, capsys):
     # A large meta rate with SGD blows θ up within a few iterations, not at the first.
     code, out = train(tmp_path, "diverge", "--iterations", 200, "--optimizer", "sgd", "--beta", 5,
-                      "--method", "maml", "--log-every", 1)
+                      "--method", "maml", "--log-every", 1, figures=True)
     err = capsys.readouterr().err
     assert code == 1
     iteration = int(err.split("training diverged at iteration ")[1].split(":")[0])
@@ -193,7 +193,7 @@ def test_divergence_after_some_iterations_keeps_the_metrics(tmp_path, capsys):
 
 
 def test_per_tensor_alpha(tmp_path):
-    code, out = train(tmp_path, "per-tensor", "--iterations", 30, "--per-layer-alpha")
+    code, out = train(tmp_path, "per-tensor", "--iterations", 30, "--per-layer-alpha", figures=True)
     assert code == 0
     _, model, state = load_run(out)
     alpha = state["alpha"]
@@ -204,13 +204,13 @@ def test_per_tensor_alpha(tmp_path):
     assert main(["evaluate", str(out), "--tasks", "20"]) == 0
 
 
-def test_float64_run(tmp_path, no_figures):
+def test_float64_run(tmp_path):
     code, out = train(tmp_path, "f64", "--iterations", 3, "--dtype", "float64")
     assert code == 0
     assert load_checkpoint(out / "checkpoint.npz")["theta"]["fc1.W"].dtype == np.float64
 
 
-def test_threads_option(tmp_path, capsys, no_figures):
+def test_threads_option(tmp_path, capsys):
     """--threads changes the speed only: the same run with 3 threads ends at the same θ, and
     evaluates to the same table."""
     code, one = train(tmp_path, "one", "--iterations", 4, "--threads", 1)
@@ -248,9 +248,9 @@ def test_evaluate_writes_a_table_with_confidence_intervals(short_run, capsys):
 def test_evaluate_is_seeded_and_batching_does_not_matter():
     model = sinusoid_mlp()
     theta = model.init_params(0, dtype=np.float64)
-    one = evaluate_sinusoid(model, theta, 0.01, steps=(2,), tasks=30, seed=5, batch_size=30)
-    split = evaluate_sinusoid(model, theta, 0.01, steps=(2,), tasks=30, seed=5, batch_size=7)
-    other = evaluate_sinusoid(model, theta, 0.01, steps=(2,), tasks=30, seed=6)
+    one = evaluate_sinusoid(model, theta, 0.01, steps=(2,), tasks=30, seed=5, batch_size=30)[0]
+    split = evaluate_sinusoid(model, theta, 0.01, steps=(2,), tasks=30, seed=5, batch_size=7)[0]
+    other = evaluate_sinusoid(model, theta, 0.01, steps=(2,), tasks=30, seed=6)[0]
     assert one.keys() == {0, 2}
     np.testing.assert_allclose(one[2], split[2], rtol=1e-12)
     assert one[2] != other[2]
@@ -319,7 +319,7 @@ def test_omniglot_train_and_evaluate_smoke(tmp_path, monkeypatch, capsys):
 
     code, out = train(tmp_path, "omniglot", "--task", "omniglot", "--data-dir", data, "--ways", 3,
                       "--channels", 4, "--meta-batch", 2, "--iterations", 4, "--log-every", 2,
-                      "--val-every", 2, "--val-tasks", 3, "--test-inner-steps", 2)
+                      "--val-every", 2, "--val-tasks", 3, "--test-inner-steps", 2, figures=True)
     assert code == 0, capsys.readouterr().err
     records = read_metrics(out)
     assert [r["iteration"] for r in records] == [1, 2, 4]

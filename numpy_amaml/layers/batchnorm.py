@@ -34,18 +34,28 @@ def _expand(a, ndim):
     return a.reshape(a.shape[:-1] + (1,) * (ndim - a.ndim) + a.shape[-1:])
 
 
+def _rows(a, axes):
+    """(..., N, [H, W,] C) -> (..., m, C): the m entries of each statistic as rows (a view)."""
+    return a.reshape(a.shape[:axes[0]] + (-1, a.shape[-1]))
+
+
 def _mean(a, axes):
-    """E[a] over the statistic's axes, kept as size-1 axes: (..., 1, [1, 1,] C)."""
-    return a.mean(axis=axes, keepdims=True)
+    """E[a] over the statistic's axes, kept as size-1 axes: (..., 1, [1, 1,] C).
+    (einsum adds the rows up in one pass, about twice as fast as a.mean over them.)"""
+    rows = _rows(a, axes)
+    return _expand(xp.einsum("...mc->...c", rows) / rows.shape[-2], a.ndim)
 
 
 def _mean_of_product(a, b, axes):
     """E[a b], shaped like _mean(a * b, axes) but without forming a·b: einsum adds up
     the products as it goes (one pass over a and b, no temporary)."""
-    lead, C = a.shape[:axes[0]], a.shape[-1]              # (task axis,), channels
-    a_rows, b_rows = a.reshape(lead + (-1, C)), b.reshape(lead + (-1, C))   # (..., m, C)
+    a_rows, b_rows = _rows(a, axes), _rows(b, axes)                  # (..., m, C)
     return _expand(xp.einsum("...mc,...mc->...c", a_rows, b_rows) / a_rows.shape[-2], a.ndim)
 
+
+# Below, each full-size result is made once and then updated in place (dx += ...), one
+# pass over memory per term; products of two full-size arrays that are added in go
+# through one reused scratch buffer ``tmp`` (a fresh array per product costs more).
 
 def forward(params, x, eps=1e-5):
     gamma, beta = params["gamma"], params["beta"]
@@ -53,12 +63,12 @@ def forward(params, x, eps=1e-5):
         raise ValueError(f"batchnorm: x has shape {tuple(x.shape)}, gamma {tuple(gamma.shape)}, beta "
                          f"{tuple(beta.shape)}; expected x (..., N, [H, W,] C) and gamma, beta (..., C)")
     axes = tuple(range(gamma.ndim - 1, x.ndim - 1))        # (N, H, W) or (N,), after any task axis
-    x_hat = x - _mean(x, axes)
+    x_hat = x - _mean(x, axes)                             # x − μ
     sigma = xp.sqrt(_mean_of_product(x_hat, x_hat, axes) + eps)
-    x_hat /= sigma
+    x_hat /= sigma                                         # x̂ = (x − μ)/σ
     gamma_x = _expand(gamma, x.ndim)
     y = x_hat * gamma_x
-    y += _expand(beta, x.ndim)
+    y += _expand(beta, x.ndim)                             # y = γ x̂ + β
     return y, (x_hat, gamma_x, sigma, axes)
 
 
@@ -66,8 +76,9 @@ def backward(dy, cache):
     x_hat, gamma_x, sigma, axes = cache
     m = x_hat.size // sigma.size                             # entries per statistic
     m_dy, m_dy_xhat = _mean(dy, axes), _mean_of_product(dy, x_hat, axes)   # E[dy], E[dy x̂]
-    dx = dy - m_dy                                           # dx = (γ/σ) (dy − E[dy] − x̂ E[dy x̂]),
-    dx -= x_hat * m_dy_xhat                                  # in place (no big temporaries but x̂ E[dy x̂])
+    dx = x_hat * -m_dy_xhat                                  # dx = (γ/σ) (dy − E[dy] − x̂ E[dy x̂])
+    dx += dy
+    dx -= m_dy
     dx *= gamma_x / sigma
     return dx, {"gamma": xp.squeeze(m * m_dy_xhat, axis=axes), "beta": xp.squeeze(m * m_dy, axis=axes)}
 
@@ -76,12 +87,13 @@ def r_forward(params, x, Rparams, Rx, cache):
     x_hat, gamma_x, sigma, axes = cache
     Rgamma_x = _expand(Rparams["gamma"], x_hat.ndim)
     Ry = x_hat * Rgamma_x
-    Ry += _expand(Rparams["beta"], x_hat.ndim)
+    Ry += _expand(Rparams["beta"], x_hat.ndim)                        # Ry = Rγ x̂ + Rβ (+ γ Rx̂ below)
     Rx_hat = Rsigma = None
     if Rx is not None:
         Rsigma = _mean_of_product(x_hat, Rx, axes)                     # Rσ = E[x̂ Rx]
-        Rx_hat = Rx - _mean(Rx, axes)
-        Rx_hat -= x_hat * Rsigma
+        Rx_hat = x_hat * -Rsigma
+        Rx_hat += Rx
+        Rx_hat -= _mean(Rx, axes)
         Rx_hat /= sigma                                               # Rx̂ = (Rx − E[Rx] − x̂ Rσ)/σ
         Ry += gamma_x * Rx_hat
     return Ry, (Rx_hat, Rsigma, Rgamma_x)
@@ -106,9 +118,10 @@ def r_backward(dy, Rdy, cache, rcache):
     #   = (γ/σ)(R{dy} − Rx̂ E[dy x̂]) + R(γ/σ) dy
     #     − x̂ [(γ/σ)(E[R{dy} x̂] + E[dy Rx̂]) + R(γ/σ) E[dy x̂]] − [(γ/σ) E[R{dy}] + R(γ/σ) E[dy]]
     Rdx = Rdy * scale
-    Rdx += dy * Rscale
+    tmp = xp.empty_like(Rdx)
+    Rdx += xp.multiply(dy, Rscale, out=tmp)
     if Rx_hat is not None:
-        Rdx -= Rx_hat * (scale * m_dy_xhat)
-    Rdx -= x_hat * (scale * m_Rdxhat + Rscale * m_dy_xhat)
+        Rdx -= xp.multiply(Rx_hat, scale * m_dy_xhat, out=tmp)
+    Rdx -= xp.multiply(x_hat, scale * m_Rdxhat + Rscale * m_dy_xhat, out=tmp)
     Rdx -= scale * m_Rdy + Rscale * m_dy
     return Rdx, {"gamma": xp.squeeze(m * m_Rdxhat, axis=axes), "beta": xp.squeeze(m * m_Rdy, axis=axes)}

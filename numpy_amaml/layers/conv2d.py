@@ -126,12 +126,16 @@ def input_grad(terms, x_shape, stride):
     return col2im(dcols, x_shape, stride)
 
 
-def backward(dy, cache):
-    cols, W, x_shape, stride = cache
+def param_grads(dy, cache):
+    """backward's dparams alone: dW = colsᵀ dy, db = Σ dy (for a first layer, whose dx is unused)."""
+    cols, W, _, _ = cache
     dy_m = _rows(dy)
-    dx = input_grad([(dy, W)], x_shape, stride)
-    dparams = {"W": (_T(cols) @ dy_m).reshape(W.shape), "b": dy_m.sum(axis=-2)}
-    return dx, dparams
+    return {"W": (_T(cols) @ dy_m).reshape(W.shape), "b": dy_m.sum(axis=-2)}
+
+
+def backward(dy, cache):
+    _, W, x_shape, stride = cache
+    return input_grad([(dy, W)], x_shape, stride), param_grads(dy, cache)
 
 
 def r_forward(params, x, Rparams, Rx, cache):
@@ -146,12 +150,19 @@ def r_forward(params, x, Rparams, Rx, cache):
     return Ry.reshape(_out_shape(x_shape, stride, W.shape[-1])), (Rcols, RW)
 
 
-def r_backward(dy, Rdy, cache, rcache):
-    cols, W, x_shape, stride = cache
-    Rcols, RW = rcache
-    dy_m, Rdy_m = _rows(dy), _rows(Rdy)
-    Rdx = input_grad([(Rdy, W), (dy, RW)], x_shape, stride)
+def r_param_grads(dy, Rdy, cache, rcache):
+    """r_backward's Rdparams alone: R{dW} = cols(Rx)ᵀ dy + colsᵀ R{dy}, R{db} = Σ R{dy}."""
+    cols, W, _, _ = cache
+    Rcols, _ = rcache
+    Rdy_m = _rows(Rdy)
     RdW = _T(cols) @ Rdy_m
     if Rcols is not None:
-        RdW += _T(Rcols) @ dy_m
-    return Rdx, {"W": RdW.reshape(W.shape), "b": Rdy_m.sum(axis=-2)}
+        RdW += _T(Rcols) @ _rows(dy)
+    return {"W": RdW.reshape(W.shape), "b": Rdy_m.sum(axis=-2)}
+
+
+def r_backward(dy, Rdy, cache, rcache):
+    _, W, x_shape, stride = cache
+    _, RW = rcache
+    Rdx = input_grad([(Rdy, W), (dy, RW)], x_shape, stride)
+    return Rdx, r_param_grads(dy, Rdy, cache, rcache)

@@ -21,11 +21,15 @@ def forward(params, x):
     return y, (x, W)
 
 
+def param_grads(dy, cache):
+    """backward's dparams alone (for a first layer, whose dx is unused)."""
+    x, _ = cache
+    return {"W": _T(x) @ dy, "b": dy.sum(axis=-2)}
+
+
 def backward(dy, cache):
-    x, W = cache
-    dx = dy @ _T(W)
-    dparams = {"W": _T(x) @ dy, "b": dy.sum(axis=-2)}
-    return dx, dparams
+    _, W = cache
+    return dy @ _T(W), param_grads(dy, cache)
 
 
 def r_forward(params, x, Rparams, Rx, cache):
@@ -36,11 +40,17 @@ def r_forward(params, x, Rparams, Rx, cache):
     return Ry, (Rx, RW)
 
 
-def r_backward(dy, Rdy, cache, rcache):
-    x, W = cache
-    Rx, RW = rcache
-    Rdx = Rdy @ _T(W) + dy @ _T(RW)
+def r_param_grads(dy, Rdy, cache, rcache):
+    """r_backward's Rdparams alone (for a first layer, whose R{dx} is unused)."""
+    x, _ = cache
+    Rx, _ = rcache
     RdW = _T(x) @ Rdy
     if Rx is not None:
         RdW = RdW + _T(Rx) @ dy
-    return Rdx, {"W": RdW, "b": Rdy.sum(axis=-2)}
+    return {"W": RdW, "b": Rdy.sum(axis=-2)}
+
+
+def r_backward(dy, Rdy, cache, rcache):
+    _, W = cache
+    _, RW = rcache
+    return Rdy @ _T(W) + dy @ _T(RW), r_param_grads(dy, Rdy, cache, rcache)

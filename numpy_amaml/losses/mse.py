@@ -4,7 +4,7 @@
     dpred = 2 (pred − target) / M
     R{dpred} = 2 Rpred / M
 """
-from numpy_amaml.checks import check_float_array
+from numpy_amaml.validation import check_float_array
 
 
 def forward(pred, target):

@@ -1,30 +1,38 @@
 """Classroom assignments from the tutorial notebooks (nbgrader's conventions, nbgrader optional).
 
 A source notebook in ``tutorials/`` is the instructor's version: it runs top to bottom with
-the reference solutions in place. Three markers, all in code cells, make it an assignment:
+the reference solutions and model answers in place. Four markers make it an assignment:
 
-* a solution region: the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION``.
-  In the student version the region (markers included) becomes, at the indentation of
-  the ``### BEGIN SOLUTION`` line::
+* a solution region in a code cell: the lines between ``### BEGIN SOLUTION`` and
+  ``### END SOLUTION``. In the student version the region (markers included) becomes, at
+  the indentation of the ``### BEGIN SOLUTION`` line::
 
       # YOUR CODE HERE
       raise NotImplementedError()
 
+* a written answer: a Markdown cell with nbgrader's metadata of a manually graded answer,
+  ``{"solution": true, "grade": true, "points": n, "grade_id": ..., "task": false}``. The
+  model answer sits between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` in it; the student
+  version replaces that region by ``YOUR ANSWER HERE`` (at the region's indentation), or the
+  whole cell when it has no region — exactly what ``nbgrader generate_assignment`` does.
 * a hidden-test region: the lines between ``### BEGIN HIDDEN TESTS`` and
   ``### END HIDDEN TESTS``; the student version drops them (markers included).
 * a graded cell: a code cell whose first line is ``# GRADED: <exercise name>``; it holds the
   assertions that check the student's function (against finite differences or the package).
 
 These are nbgrader's own markers, and the source notebooks also carry nbgrader's cell
-metadata, so ``nbgrader generate_assignment`` / ``autograde`` work on them too; this module
-needs nothing beyond the standard library (a notebook is JSON).
+metadata, so ``nbgrader generate_assignment`` / ``autograde`` work on them too (see
+tutorials/README.md); the student versions written here have the same cell sources as
+nbgrader's release (tests/test_nbgrader.py compares them). This module needs nothing beyond
+the standard library (a notebook is JSON).
 
 Command line::
 
     python -m numpy_amaml assignments make OUT_DIR [--source tutorials]
 
 writes the student version of every ``*.ipynb`` in the source folder to OUT_DIR (outputs
-cleared) and prints, per notebook, the exercises, solution regions and hidden tests removed.
+cleared) and prints, per notebook, the exercises, written answers, solution regions and
+hidden tests removed.
 """
 import json
 import re
@@ -35,8 +43,9 @@ from pathlib import Path
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
+TEXT_STUB = ("YOUR ANSWER HERE",)     # nbgrader's ClearSolutions.text_stub
 GRADED_PREFIX = "# GRADED:"
-DEFAULT_SOURCE = Path(__file__).resolve().parent.parent / "tutorials"
+DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "tutorials"     # the repository's tutorials/
 _GRADED = re.compile(r"^# GRADED:\s*(\S.*?)\s*$")
 
 
@@ -49,8 +58,10 @@ class Summary:
     """What making the student version of one notebook did."""
     notebook: str
     exercises: list          # names of the graded cells, in order
-    solutions_replaced: int  # solution regions replaced by the stub
+    solutions_replaced: int  # solution regions of code cells replaced by the stub
     hidden_tests_removed: int
+    answers: list = None     # grade_ids of the written (manually graded) answers, in order
+    answers_replaced: int = 0  # model answers replaced by "YOUR ANSWER HERE"
 
 
 # ---- notebooks as JSON ------------------------------------------------------------------
@@ -100,6 +111,25 @@ def graded_name(cell):
     return match.group(1) if match else None
 
 
+def nbgrader_metadata(cell):
+    """The cell's nbgrader metadata (a dict, empty when it has none)."""
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def answer_name(cell):
+    """The grade_id of a written answer (a Markdown cell marked as a manually graded
+    solution in nbgrader's metadata), else None."""
+    meta = nbgrader_metadata(cell)
+    if cell["cell_type"] == "markdown" and meta.get("solution") and meta.get("grade"):
+        return meta.get("grade_id") or "(no grade_id)"
+    return None
+
+
+def answer_cells(nb):
+    """[(cell index, grade_id)] of the written answers, in notebook order."""
+    return [(i, name) for i, cell in enumerate(nb["cells"]) if (name := answer_name(cell))]
+
+
 def graded_cells(nb):
     """[(cell index, exercise name)] of the graded cells, in notebook order."""
     return [(i, name) for i, cell in enumerate(nb["cells"]) if (name := graded_name(cell))]
@@ -146,11 +176,12 @@ def _replace_regions(text, begin, end, where, replacement):
     return "\n".join(out) + ("\n" if text.endswith("\n") and out else ""), len(regions)
 
 
-def strip_solutions(text, where="cell"):
-    """Replace every solution region by ``# YOUR CODE HERE`` + ``raise NotImplementedError()``.
+def strip_solutions(text, where="cell", stub=STUB):
+    """Replace every solution region by ``stub`` (default: ``# YOUR CODE HERE`` +
+    ``raise NotImplementedError()``; ``TEXT_STUB`` for Markdown), at the region's indentation.
     Returns (new text, number of regions replaced)."""
     return _replace_regions(text, BEGIN_SOLUTION, END_SOLUTION, where,
-                            lambda indent: [indent + line for line in STUB])
+                            lambda indent: [indent + line for line in stub])
 
 
 def strip_hidden_tests(text, where="cell"):
@@ -158,18 +189,18 @@ def strip_hidden_tests(text, where="cell"):
     return _replace_regions(text, BEGIN_HIDDEN, END_HIDDEN, where, lambda indent: [])
 
 
-def insert_solutions(student_text, regions, where="cell"):
+def insert_solutions(student_text, regions, where="cell", stub=STUB):
     """The inverse of ``strip_solutions``: put ``regions`` (from ``solution_regions`` of the
     source cell, in order) back in place of the stubs. Used to prove the round trip."""
     lines, out, k = student_text.splitlines(), [], 0
-    i = 0
+    i, n = 0, len(stub)
     while i < len(lines):
-        if lines[i].strip() == STUB[0] and i + 1 < len(lines) and lines[i + 1].strip() == STUB[1]:
+        if [line.strip() for line in lines[i:i + n]] == list(stub):
             if k >= len(regions):
                 raise AssignmentError(f"{where}: more stubs than solution regions")
             indent, body = regions[k]
             out += [indent + BEGIN_SOLUTION, *body, indent + END_SOLUTION]
-            k, i = k + 1, i + 2
+            k, i = k + 1, i + n
         else:
             out.append(lines[i])
             i += 1
@@ -183,29 +214,50 @@ def insert_solutions(student_text, regions, where="cell"):
 def student_notebook(nb, name="notebook"):
     """The student version of ``nb`` (a new dict) and its ``Summary``.
 
-    Code cells: solution regions -> stub, hidden-test regions removed. Every cell: outputs
-    cleared. Markdown cells are copied as they are. Raises ``AssignmentError`` for
-    malformed markers, duplicate exercise names, or a graded cell holding a solution.
+    Code cells: solution regions -> stub, hidden-test regions removed. Markdown cells:
+    in a written answer the model answer (its solution region, or the whole cell when it
+    has none) -> ``YOUR ANSWER HERE``; other Markdown cells are copied as they are. A code
+    cell marked as a solution in nbgrader's metadata but without a region becomes the stub
+    as a whole (as nbgrader does). Every cell: outputs cleared. Raises ``AssignmentError``
+    for malformed markers, duplicate exercise or answer names, a graded cell holding a
+    solution, or a solution region in a Markdown cell that is not a written answer.
     """
     out = json.loads(json.dumps(nb))          # a deep copy
     names = [n for _, n in graded_cells(out)]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise AssignmentError(f"{name}: exercise names used by more than one graded cell: {duplicates}")
-    replaced = removed = 0
+    answers = [n for _, n in answer_cells(out)]
+    for kind, found in (("exercise names used by more than one graded cell", names),
+                        ("grade_ids used by more than one written answer", answers)):
+        duplicates = sorted({n for n in found if found.count(n) > 1})
+        if duplicates:
+            raise AssignmentError(f"{name}: {kind}: {duplicates}")
+    replaced = removed = answers_replaced = 0
     for i, cell in enumerate(out["cells"]):
-        if cell["cell_type"] != "code":
-            continue
         where = f"{name}, cell {i}"
         text = cell_source(cell)
+        if cell["cell_type"] == "markdown":
+            n_regions = len(_regions(text, BEGIN_SOLUTION, END_SOLUTION, where))
+            if answer_name(cell):
+                text, n = strip_solutions(text, where, stub=TEXT_STUB)
+                if n == 0:                    # no region: the whole cell is the answer
+                    text = "\n".join(TEXT_STUB)
+                answers_replaced += 1
+            elif n_regions:
+                raise AssignmentError(f"{where}: a solution region in a Markdown cell that is not "
+                                      f"a written answer (nbgrader metadata solution and grade)")
+            _set_source(cell, text)
+            continue
+        if cell["cell_type"] != "code":
+            continue
         text, n_hidden = strip_hidden_tests(text, where)
         text, n_solutions = strip_solutions(text, where)
         if n_solutions and graded_name(cell):
             raise AssignmentError(f"{where}: a graded cell must not hold a solution region")
+        if not n_solutions and nbgrader_metadata(cell).get("solution"):
+            text, n_solutions = "\n".join(STUB), 1      # a solution cell without a region
         replaced, removed = replaced + n_solutions, removed + n_hidden
         _set_source(cell, text)
     clear_outputs(out)
-    return out, Summary(name, names, replaced, removed)
+    return out, Summary(name, names, replaced, removed, answers, answers_replaced)
 
 
 def make_student_versions(source_dir, out_dir):
@@ -231,14 +283,16 @@ def make_student_versions(source_dir, out_dir):
 
 def format_summary(summaries):
     """A plain-text table of ``Summary`` rows, with a total line."""
-    rows = [(s.notebook, str(len(s.exercises)), str(s.solutions_replaced), str(s.hidden_tests_removed),
-             ", ".join(s.exercises) or "-") for s in summaries]
-    header = ("notebook", "exercises", "solutions replaced", "hidden tests removed", "graded cells")
-    widths = [max(len(r[c]) for r in rows + [header]) for c in range(4)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header[:4], widths)) + "  " + header[4]]
+    rows = [(s.notebook, str(len(s.exercises)), str(len(s.answers or [])), str(s.solutions_replaced),
+             str(s.hidden_tests_removed), ", ".join(s.exercises) or "-") for s in summaries]
+    header = ("notebook", "exercises", "written answers", "solutions replaced", "hidden tests removed",
+              "graded cells")
+    widths = [max(len(r[c]) for r in rows + [header]) for c in range(5)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header[:5], widths)) + "  " + header[5]]
     for r in rows:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
-    lines.append(f"total: {sum(len(s.exercises) for s in summaries)} exercises in {len(summaries)} notebooks")
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r[:5], widths)) + "  " + r[5])
+    lines.append(f"total: {sum(len(s.exercises) for s in summaries)} exercises and "
+                 f"{sum(len(s.answers or []) for s in summaries)} written answers in {len(summaries)} notebooks")
     return "\n".join(lines)
 
 
@@ -248,8 +302,9 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     make = sub.add_parser("make", help="write the student version of every tutorial notebook",
                           description="Write the student version of every notebook: solution "
-                                      "regions replaced by `raise NotImplementedError()`, hidden "
-                                      "tests removed, outputs cleared.")
+                                      "regions replaced by `raise NotImplementedError()`, model "
+                                      "answers by `YOUR ANSWER HERE`, hidden tests removed, "
+                                      "outputs cleared.")
     make.add_argument("out_dir", metavar="OUT_DIR", help="folder for the student notebooks (created)")
     make.add_argument("--source", default=None,
                       help=f"folder of the instructor notebooks (default: {DEFAULT_SOURCE})")

@@ -9,19 +9,27 @@ single-thread CNN row for comparison). Memory: the peak of traced allocations
 (tracemalloc; NumPy reports its buffers to it) during one iteration, above what was
 allocated before it; on CuPy the memory pool's peak instead. A separate profiled run splits the time into
 the layer phases (forward, backward, r_forward, r_backward, im2col/col2im).
+
+GFLOP/s: the floating-point operations of the matrix products (convolutions as
+im2col matmuls, linear layers) that one meta-iteration does, counted from the
+model's layer shapes (``matmul_flops``), divided by the time: how far the row is
+from what the machine's matmul reaches (100+ GFLOP/s per AVX-512 core in float32).
+Element-wise work (batch norm, ReLU, pooling, copies) is not counted.
 """
 import cProfile
+import math
 import os
 import platform
 import pstats
 import statistics
+import sys
 import time
 import tracemalloc
 from dataclasses import dataclass
 
 import numpy as np
 
-from numpy_amaml import backend, models, parallel
+from numpy_amaml import backend, architectures, layers, parallel
 from numpy_amaml.alpha_maml import AlphaMAML
 from numpy_amaml.maml import TaskBatch
 from numpy_amaml.optim import Adam
@@ -59,12 +67,12 @@ def make_problem(case, seed=0):
     rng = np.random.default_rng(seed)
     B = case.meta_batch
     if case.task == "sinusoid":
-        model = models.sinusoid_mlp()
+        model = architectures.sinusoid_mlp()
         x_s, x_q = rng.uniform(-5, 5, (B, case.shots, 1)), rng.uniform(-5, 5, (B, case.queries, 1))
         batch = TaskBatch(backend.asarray(x_s), backend.asarray(np.sin(x_s)),
                           backend.asarray(x_q), backend.asarray(np.sin(x_q)))
         return model, model.init_params(seed), batch, 0.01
-    model = models.omniglot_cnn(ways=case.ways, downsample=case.downsample)
+    model = architectures.omniglot_cnn(ways=case.ways, downsample=case.downsample)
     labels_s = np.tile(np.repeat(np.arange(case.ways), case.shots), (B, 1))
     labels_q = np.tile(np.repeat(np.arange(case.ways), case.queries), (B, 1))
     x_s = (rng.random((B, case.ways * case.shots, 28, 28, 1)) < 0.1)
@@ -108,6 +116,48 @@ def time_case(case, warmup=2, repeats=10):
     return statistics.median(times)
 
 
+def layer_matmul_flops(model, samples):
+    """[(layer index, FLOPs of its forward matmul)] for one task of ``samples`` samples,
+    for every conv2d and linear layer: 2·M·K·N for y = (M × K)(K × N), with M the output
+    rows (samples × output pixels), K = 9·C_in (conv) or D_in, N the output channels.
+    The shapes come from one forward pass of a zero input through the layers."""
+    xp = backend.array_module()
+    h = xp.zeros((samples,) + model.input_shape, dtype=backend.float_dtype())
+    flops = []
+    for i, layer in enumerate(model.layers):
+        shapes = {k.split(".", 1)[1]: s for k, s in model.param_shapes.items() if k.startswith(layer.name + ".")}
+        params = {k: xp.zeros(s, dtype=h.dtype) for k, s in shapes.items()}
+        h, _ = layer.module.forward(params, h, **layer.config)
+        if layer.module in (layers.conv2d, layers.linear):
+            K, N = math.prod(shapes["W"][:-1]), shapes["W"][-1]
+            flops.append((i, 2 * (h.size // N) * K * N))
+    return flops
+
+
+def matmul_flops(case, model):
+    """FLOPs of the matrix products of one meta-iteration of a case, as numpy_amaml does it.
+
+    Per layer with forward matmul cost f (on one task's samples), in units of f:
+      forward + backward sweep: 1 + 2 (dW = colsᵀ dy, dx = dy Wᵀ) = 3; the first layer 2 (no dx);
+      r_forward + r_backward:   2 (cols RW, cols(Rx) W) + 4 (R{dx}: two products, R{dW}: two)
+                                = 6; the first layer 2 (Rx = 0, no R{dx}).
+    One iteration, K inner steps, B tasks: K support sweeps, one query sweep, and, second
+    order, K HVPs: the last one reuses the inner loop's last sweep (R-sweeps only), the
+    other K − 1 redo the forward and backward sweep too.
+    """
+    def cost(samples, units, first_layer_units):
+        return sum(f * (first_layer_units if i == 0 else units) for i, f in layer_matmul_flops(model, samples))
+    if case.task == "sinusoid":
+        support, query = case.shots, case.queries
+    else:
+        support, query = case.ways * case.shots, case.ways * case.queries
+    sweep, r_sweeps = cost(support, 3, 2), cost(support, 6, 2)
+    total = case.inner_steps * sweep + cost(query, 3, 2)
+    if not case.first_order:
+        total += case.inner_steps * r_sweeps + (case.inner_steps - 1) * sweep
+    return case.meta_batch * total
+
+
 def peak_memory_case(case):
     """Peak bytes allocated during one meta-iteration, above the level before it."""
     model, theta, batch, alpha = make_problem(case)
@@ -139,6 +189,9 @@ def _phase(func, stats, memo):
     memo[func] = {"other": 1.0}                     # provisional, breaks recursion cycles
     if "numpy_amaml/layers" in filename.replace("\\", "/") and name in PHASES + ("im2col", "col2im"):
         memo[func] = {"im2col" if name == "col2im" else name: 1.0}
+        return memo[func]
+    if "numpy_amaml/layers" in filename.replace("\\", "/") and name in ("param_grads", "r_param_grads"):
+        memo[func] = {"backward" if name == "param_grads" else "r_backward": 1.0}   # the first layer's
         return memo[func]
     callers = stats[func][4]
     total = sum(ct for (_, _, _, ct) in callers.values())
@@ -207,15 +260,26 @@ def add_arguments(parser):
 
 def run(args):
     cases = [c for c in CASES if args.only is None or args.only.lower() in c.name.lower()]
+    problems = [("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--threads", 1 if args.threads is None else args.threads, 1)]
+    for flag, value, smallest in problems:
+        if value < smallest:
+            print(f"error: {flag} must be ≥ {smallest}, got {value}", file=sys.stderr)
+            return 2
+    if not cases:
+        print(f"error: --only {args.only!r} matches no configuration; the names are: "
+              f"{'; '.join(c.name for c in CASES)}", file=sys.stderr)
+        return 2
     print(f"machine: {machine_description()}")
-    print(f"{'configuration':40s} {'threads':>7s} {'s / meta-iter':>14s} {'peak memory':>12s}")
+    print(f"{'configuration':40s} {'threads':>7s} {'s / meta-iter':>14s} {'GFLOP':>7s} {'GFLOP/s':>8s} "
+          f"{'peak memory':>12s}")
     memory = {}
     for case in cases:
         parallel.set_threads(case_threads(case, args.threads))
         seconds = time_case(case, args.warmup, args.repeats)
+        gflop = matmul_flops(case, make_problem(case)[0]) / 1e9
         memory[case.name] = peak_memory_case(case)
-        print(f"{case.name:40s} {parallel.threads():7d} {seconds:14.4f} {memory[case.name] / 2**20:9.1f} MiB",
-              flush=True)
+        print(f"{case.name:40s} {parallel.threads():7d} {seconds:14.4f} {gflop:7.2f} {gflop / seconds:8.1f} "
+              f"{memory[case.name] / 2**20:9.1f} MiB", flush=True)
     one, five = "CNN max-pool, 5-way 1-shot, B=32", "CNN max-pool, 5 inner steps"
     if one in memory and five in memory:
         print(f"peak memory, 5 inner steps / 1 inner step: {memory[five] / memory[one]:.2f}×")

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from numpy_amaml import backend, gradcheck, layers, losses, models
+from numpy_amaml import backend, gradcheck, layers, losses, architectures
 
 TASKS = 2          # the task axis B of every input
 SAMPLES = 3        # samples per task N
@@ -143,7 +143,7 @@ def _away_from_kinks(draw, rng, tries=200):
 
 def _sinusoid_case(rng, shared):
     def draw(rng):
-        model = models.sinusoid_mlp()
+        model = architectures.sinusoid_mlp()
         theta = model.init_params(seed=int(rng.integers(2**31)))
         x = rng.uniform(-5, 5, size=(TASKS, 5, 1))
         y = rng.uniform(0.1, 5, size=(TASKS, 1, 1)) * np.sin(x + rng.uniform(0, np.pi, size=(TASKS, 1, 1)))
@@ -155,7 +155,7 @@ def _sinusoid_case(rng, shared):
 def _omniglot_case(rng, downsample, image_size):
     def draw(rng):
         ways = 3
-        model = models.omniglot_cnn(ways=ways, channels=4, downsample=downsample, image_size=image_size)
+        model = architectures.omniglot_cnn(ways=ways, channels=4, downsample=downsample, image_size=image_size)
         params = _per_task(model.init_params(seed=int(rng.integers(2**31))), rng)
         n = 2 * ways                                       # 2 images per class in each task
         x = _normal(rng, TASKS, n, *model.input_shape)

@@ -1,0 +1,34 @@
+"""Parameter dicts: θ, φ, gradients, adjoints and HVPs are all {name: array}.
+
+The few operations the method needs on whole dicts live here, once:
+    dot(a, b)            ⟨a, b⟩ = Σ_name Σ_entries a[name] ⊙ b[name]    (a float)
+    dot_per_tensor(a, b) {name: Σ_entries a[name] ⊙ b[name]}           (per-tensor α)
+    norm(a)              ‖a‖ = √⟨a, a⟩
+    broadcast_to_tasks(θ, B)   φ_{i,0} = θ for B tasks: read-only (B, ...) views, no copies
+
+With a leading task axis (B, ...) the sums run over the tasks too: ⟨λ, ∇L^tr⟩ summed over
+i is exactly the Σ_i of ∂J/∂α (docs/method.md §4).
+"""
+import math
+
+from numpy_amaml.backend import xp
+
+
+def dot_per_tensor(a, b):
+    """{name: Σ over every entry (and task) of a[name] ⊙ b[name]}, as floats."""
+    return {name: float((a[name] * b[name]).sum()) for name in a}
+
+
+def dot(a, b):
+    """⟨a, b⟩ over every entry of two params dicts, as a float."""
+    return sum(dot_per_tensor(a, b).values())
+
+
+def norm(a):
+    """The Euclidean norm of a params dict, √⟨a, a⟩."""
+    return math.sqrt(dot(a, a))
+
+
+def broadcast_to_tasks(theta, B):
+    """φ_{i,0} = θ for every one of B tasks: (B, ...) read-only views of θ's arrays, no copies."""
+    return {name: xp.broadcast_to(value, (B,) + value.shape) for name, value in theta.items()}
