@@ -24,6 +24,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 PARENT_CHECK_SECONDS = 1.0
 
 
+class ExecutorError(RuntimeError):
+    """The cells cannot be sent where they were asked to go (no ``distributed``, no scheduler)."""
+
+
 def _exit_with_parent(parent_pid):
     """Worker initializer: a daemon thread that ends this process once its parent is gone."""
     def watch():
@@ -66,12 +70,12 @@ class DaskExecutor:
         try:
             from distributed import Client
         except ImportError:
-            raise RuntimeError("--dask-scheduler needs the optional package 'distributed' "
+            raise ExecutorError("--dask-scheduler needs the optional package 'distributed' "
                                "(pip install distributed)") from None
         try:
             self.client = Client(address, timeout="10s")
         except (OSError, TimeoutError) as err:
-            raise RuntimeError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+            raise ExecutorError(f"cannot reach the Dask scheduler at {address}: {err}") from None
         self.address = address
 
     def describe(self, n_jobs):

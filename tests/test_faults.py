@@ -66,19 +66,6 @@ def run_copy(finished_run, tmp_path):
     return Path(shutil.copytree(finished_run, tmp_path / "copy"))
 
 
-@pytest.fixture
-def tiny_omniglot(tmp_path, monkeypatch):
-    """A 12-character Omniglot in the official layout; the cache goes to tmp_path."""
-    from tests.test_omniglot_data import tiny_entries, write_sums, write_zip
-    data = tmp_path / "omniglot"
-    data.mkdir()
-    for set_name in omniglot.SETS:
-        write_zip(data / f"images_{set_name}.zip", tiny_entries(set_name))
-    write_sums(data)
-    monkeypatch.setattr(omniglot, "DEFAULT_CACHE_DIR", tmp_path / "cache")
-    return data
-
-
 # ---- runs that died or were damaged ----------------------------------------------------------------
 
 def test_a_figure_that_overflows_never_stops_training(tmp_path, capsys):

@@ -18,24 +18,16 @@ import pytest
 
 from numpy_amaml import architectures, losses
 from numpy_amaml.alpha_maml import AlphaMAML, alpha_cosine
-from numpy_amaml.backend import asarray, to_numpy
-from numpy_amaml.maml import TaskBatch, meta_gradient, meta_objective
+from numpy_amaml.backend import to_numpy
+from numpy_amaml.maml import meta_gradient, meta_objective
 from numpy_amaml.model import Model
 from numpy_amaml.optim import HYPER_RULES, SGD, Adam, update_rate_normalized
+from tests.test_maml import sinusoid_batch
 
 TOL = 1e-6
 H = 1e-6
 
 pytestmark = pytest.mark.usefixtures("float64")   # every check in float64 (conftest.py)
-
-
-def sinusoid_batch(B=3, N=5, seed=0):
-    rng = np.random.default_rng(seed)
-    amplitude = rng.uniform(0.1, 5, (B, 1, 1))
-    phase = rng.uniform(0, np.pi, (B, 1, 1))
-    x_support, x_query = rng.uniform(-5, 5, (B, N, 1)), rng.uniform(-5, 5, (B, N, 1))
-    return TaskBatch(asarray(x_support), asarray(amplitude * np.sin(x_support - phase)),
-                     asarray(x_query), asarray(amplitude * np.sin(x_query - phase)))
 
 
 def small_mlp():

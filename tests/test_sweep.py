@@ -17,7 +17,7 @@ import pytest
 
 from contextlib import redirect_stdout
 
-from numpy_amaml import omniglot, sweep, sweep_results, training
+from numpy_amaml import sweep, sweep_results, training
 from numpy_amaml.checkpoint import load_checkpoint, save_checkpoint
 from numpy_amaml.cli import main
 from numpy_amaml.run_folder import read_metrics
@@ -224,14 +224,8 @@ def test_cell_names_are_distinct():
 
 # ---- Omniglot: one cell, in this process (the tiny dataset's cache must stay out of <repo>/data) ------
 
-def test_omniglot_cell(tmp_path, monkeypatch):
-    from tests.test_omniglot_data import tiny_entries, write_sums, write_zip
-    data = tmp_path / "omniglot"
-    data.mkdir()
-    for set_name in omniglot.SETS:
-        write_zip(data / f"images_{set_name}.zip", tiny_entries(set_name))
-    write_sums(data)
-    monkeypatch.setattr(omniglot, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+def test_omniglot_cell(tmp_path, tiny_omniglot):
+    data = tiny_omniglot
     settings = {"task": "omniglot", "iterations": 3, "eval_tasks": 4,
                 "train": {"data_dir": str(data), "ways": 3, "channels": 4, "meta_batch": 2, "queries": 1,
                           "val_tasks": 3, "test_inner_steps": 2}}
@@ -293,3 +287,4 @@ def test_an_unreachable_dask_scheduler_is_one_line(tmp_path, capsys):
     assert sweep_main(tmp_path / "x", *GRID, "--dask-scheduler", "tcp://127.0.0.1:9") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:9") and "Traceback" not in err
+    assert not (tmp_path / "x").exists()                         # nothing was created

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from numpy_amaml import backend, omniglot
+from numpy_amaml import backend
 from numpy_amaml.architectures import sinusoid_mlp
 from numpy_amaml.checkpoint import load_checkpoint, save_checkpoint
 from numpy_amaml.cli import main
@@ -308,14 +308,8 @@ def test_resolve_config_fills_task_defaults():
 
 # ---- Omniglot ------------------------------------------------------------------------------------
 
-def test_omniglot_train_and_evaluate_smoke(tmp_path, monkeypatch, capsys):
-    from tests.test_omniglot_data import tiny_entries, write_sums, write_zip
-    data = tmp_path / "omniglot"
-    data.mkdir()
-    for set_name in omniglot.SETS:
-        write_zip(data / f"images_{set_name}.zip", tiny_entries(set_name))
-    write_sums(data)
-    monkeypatch.setattr(omniglot, "DEFAULT_CACHE_DIR", tmp_path / "cache")   # keep <repo>/data clean
+def test_omniglot_train_and_evaluate_smoke(tmp_path, tiny_omniglot, capsys):
+    data = tiny_omniglot   # keep <repo>/data clean
 
     code, out = train(tmp_path, "omniglot", "--task", "omniglot", "--data-dir", data, "--ways", 3,
                       "--channels", 4, "--meta-batch", 2, "--iterations", 4, "--log-every", 2,

@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from numpy_amaml.config import CHOICES, METHODS, TASK_DEFAULTS, TASKS, ConfigError, TrainConfig, flag, resolve_config
-from numpy_amaml.executors import DaskExecutor, LocalExecutor
+from numpy_amaml.executors import DaskExecutor, ExecutorError, LocalExecutor
 from numpy_amaml.omniglot import OmniglotError
 from numpy_amaml.sweep import CELLS_DIR, SweepError, check_settings, make_cells, run_cells, train_options
 from numpy_amaml.sweep_results import CSV_FILE, SUMMARY_FILE, report
@@ -48,13 +48,13 @@ PASS_THROUGH = {
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}      # int, float or str
 
 
-def _float_list(text, flag):
+def _float_list(text, option):
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
     if not values or not all(0 < v < math.inf for v in values):
-        raise SweepError(f"{flag} must be a comma-separated list of positive numbers, got {text!r}")
+        raise SweepError(f"{option} must be a comma-separated list of positive numbers, got {text!r}")
     return list(dict.fromkeys(values))
 
 
@@ -150,11 +150,11 @@ def run(args):
     started, out = time.perf_counter(), None
     try:
         cells, settings, out = settings_from_args(args)
-        check_settings(out, settings)
         executor = DaskExecutor(args.dask_scheduler) if args.dask_scheduler else LocalExecutor(args.workers)
+        check_settings(out, settings)
         results, skipped, errors = run_cells(cells, settings, out, executor, not args.no_progress,
                                              not (args.no_cell_figures or args.no_figures))
-    except (SweepError, ConfigError, OmniglotError, RuntimeError) as err:
+    except (SweepError, ConfigError, OmniglotError, ExecutorError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
