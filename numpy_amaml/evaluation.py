@@ -18,8 +18,7 @@ import math
 import numpy as np
 
 from numpy_amaml.backend import asarray, to_numpy
-from numpy_amaml.maml import TaskBatch
-from numpy_amaml.params import broadcast_to_tasks
+from numpy_amaml.maml import TaskBatch, adaptation_path
 from numpy_amaml.sinusoid import SinusoidTasks
 from numpy_amaml.validation import NonFiniteError
 
@@ -68,19 +67,6 @@ def measure_adaptation(model, theta, alpha, batches, steps, metric):
         if results[k] is None and k not in failed:
             failed[k] = f"the metric after {k} steps is not finite"
     return results, failed
-
-
-def adaptation_path(model, theta, x_support, y_support, alpha, steps):
-    """φ_0 = θ, φ_1, ..., φ_steps of every task, one at a time (a generator; φ has the task
-    axis (B, ...)). Stops with NonFiniteError at the first φ that is not finite, after
-    yielding every finite one before it."""
-    phi = broadcast_to_tasks(theta, x_support.shape[0])
-    yield phi
-    for _ in range(steps):
-        grad = model.loss_and_grad(phi, x_support, y_support)[1]
-        phi = {name: phi[name] - (alpha[name] if isinstance(alpha, dict) else alpha) * grad[name]
-               for name in phi}
-        yield phi
 
 
 def _adapt_and_measure(model, theta, alpha, batch, steps, metric, per_task, failed):

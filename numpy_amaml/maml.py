@@ -90,6 +90,19 @@ def _inner_loop(model, theta, x_support, y_support, alpha, inner_steps, keep_las
     return phis, inner_grads, support_losses, sweep
 
 
+def adaptation_path(model, theta, x_support, y_support, alpha, steps):
+    """The inner loop one step at a time, for evaluation and figures: yields φ_0 = θ, φ_1, ...,
+    φ_steps of every task (each {name: (B, ...)}), storing nothing. A φ that is not finite
+    stops it with NonFiniteError (from the model's input check) after every finite one
+    before it was yielded, so an overflow at step k costs only the steps from k on."""
+    phi = broadcast_to_tasks(theta, x_support.shape[0])
+    yield phi
+    for _ in range(steps):
+        grad = model.loss_and_grad(phi, x_support, y_support)[1]
+        phi = {name: phi[name] - _rate(alpha, name) * grad[name] for name in phi}
+        yield phi
+
+
 def adapt(model, theta, x_support, y_support, alpha, inner_steps):
     """φ_K only (for evaluation): the adapted per-task parameters after K steps."""
     return inner_loop(model, theta, x_support, y_support, alpha, inner_steps)[0][-1]

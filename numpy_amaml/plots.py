@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from numpy_amaml.backend import asarray, to_numpy
-from numpy_amaml.evaluation import adaptation_path
+from numpy_amaml.maml import adaptation_path
 from numpy_amaml.sinusoid import X_RANGE, SinusoidTasks, sine
 from numpy_amaml.validation import NonFiniteError
 

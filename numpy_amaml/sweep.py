@@ -26,7 +26,6 @@ crash: ``TrainingDiverged`` carries the iteration, and the cell records diverged
 ``diverged_at``; it is never "converged".
 """
 import json
-import math
 import shutil
 import time
 import traceback
@@ -116,20 +115,14 @@ def eval_steps(config):
     return [config.test_inner_steps], config.test_inner_steps
 
 
-def _finite_or_none(value):
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
 def evaluate_cell(run_dir, config, tasks):
     """meta_test.evaluate_run on ``tasks`` fresh tasks; an adaptation that overflows at test time
     (10 steps with a large final α) costs only the step counts from the overflow on (None,
     with the reason in "failed"), not the others."""
     steps, metric_steps = eval_steps(config)
     evaluation = evaluate_run(run_dir, tasks=tasks, steps=steps, threads=1)
-    rows = [{"steps": r["steps"], "mean": _finite_or_none(r["mean"]), "ci95": _finite_or_none(r["ci95"])}
-            for r in evaluation["results"]]
     return {"metric": evaluation["metric"], "tasks": tasks, "seed": config.seed, "metric_steps": metric_steps,
-            "results": rows, "failed": {str(k): v for k, v in sorted(evaluation["failed"].items())}}
+            "results": evaluation["results"], "failed": {str(k): v for k, v in sorted(evaluation["failed"].items())}}
 
 
 def run_cell(job):

@@ -137,6 +137,8 @@ class Trainer:
         return float(largest_eigenvalue(self.task.model, theta, batch.x_support[:n], batch.y_support[:n]).mean())
 
     def validate(self):
+        """The task's validation numbers at the current θ, α (Omniglot: val_accuracy); an
+        adaptation that overflows is recorded as null and said once, not raised."""
         try:
             result = self.task.validate(self.learner.theta, self.learner.alpha)
         except NonFiniteError:
