@@ -9,7 +9,8 @@ Two rules move the rates (``hyper_rule``, docs/hyper_rules.md):
     "normalized":  α ← α · exp(γ_α cos_α),     β ← β · exp(γ_β cos_β)
 where the cosines are the hypergradients with their magnitudes divided out:
     h_α = −(1/B) ⟨a, b⟩ = −(1/B) ‖a‖ ‖b‖ cos_α,   a = (λ_{i,k+1}), b = (∇L^tr_i(φ_{i,k}))
-stacked over every task i and inner step k (per tensor when α is a dict), and
+stacked over every task i and inner step k (per tensor when α is a dict; both come with
+the meta-gradient, maml.meta_gradient), and
     h_β = −‖g_t‖ ‖u_{t−1}‖ cos_β.
 
 Plain MAML is the same iteration with γ_α = γ_β = 0, under either rule. The rates are kept
@@ -20,8 +21,8 @@ import math
 
 from numpy_amaml.validation import NonFiniteError
 from numpy_amaml.maml import meta_gradient
-from numpy_amaml.optim import check_hyper_rule, cosine, update_rate, update_rate_normalized
-from numpy_amaml.params import dot_per_tensor, norm
+from numpy_amaml.optim import check_hyper_rule, update_rate, update_rate_normalized
+from numpy_amaml.params import norm
 
 
 class TrainingDiverged(RuntimeError):
@@ -31,30 +32,6 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message, iteration=None):
         super().__init__(message)
         self.iteration = iteration
-
-
-def alpha_cosine(mg, per_tensor=False):
-    """cos_α = ⟨a, b⟩ / (‖a‖ ‖b‖) of a = (λ_{i,k+1})_{i,k} and b = (∇L^tr_i(φ_{i,k}))_{i,k},
-    i = 1..B, k = 0..K−1, from a MetaGradient ``mg`` (its ``adjoints`` and ``inner_grads``).
-
-    Since h_α = ∂J/∂α = −(1/B) ⟨a, b⟩, this is h_α = −(1/B) ‖a‖ ‖b‖ cos_α solved for cos_α:
-    cos_α = −B h_α / (‖a‖ ‖b‖). A float, or with ``per_tensor`` a dict {name: float} with
-    a, b restricted to each tensor (matching a per-tensor ``mg.dJ_dalpha``). 0 where a or
-    b is zero.
-    """
-    K = len(mg.inner_grads)
-    B = next(iter(mg.adjoints[0].values())).shape[0]
-    names = list(mg.adjoints[0])
-    sq_a, sq_b = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
-    for k in range(K):
-        for name, value in dot_per_tensor(mg.adjoints[k + 1], mg.adjoints[k + 1]).items():
-            sq_a[name] += value
-        for name, value in dot_per_tensor(mg.inner_grads[k], mg.inner_grads[k]).items():
-            sq_b[name] += value
-    if per_tensor:
-        return {name: cosine(-B * mg.dJ_dalpha[name], math.sqrt(sq_a[name]), math.sqrt(sq_b[name]))
-                for name in names}
-    return cosine(-B * mg.dJ_dalpha, math.sqrt(sum(sq_a.values())), math.sqrt(sum(sq_b.values())))
 
 
 class AlphaMAML:
@@ -129,7 +106,7 @@ class AlphaMAML:
         self._check_finite(query_loss=mg.loss, support_loss=mg.support_loss, grad_norm=grad_norm)
 
         h_alpha = mg.dJ_dalpha                                   # ∂J/∂α
-        cos_alpha = alpha_cosine(mg, per_tensor=isinstance(self.alpha, dict))   # −B h_α / (‖a‖‖b‖)
+        cos_alpha = mg.cos_alpha                                 # −B h_α / (‖a‖‖b‖)
         h_beta = self.optimizer.beta_hypergradient(mg.grad)      # −⟨g_t, u_{t−1}⟩
         cos_beta = self.optimizer.beta_cosine(mg.grad)           # cos(g_t, u_{t−1})
         self._update_alpha(h_alpha, cos_alpha)                   # α − γ_α h_α  or  α · exp(γ_α cos_α)

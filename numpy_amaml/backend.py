@@ -38,6 +38,7 @@ def set_backend(name):
     """Make ``name`` ('numpy' or 'cupy') the array library of every compute module."""
     _active["module"] = _import_backend(name)
     _active["name"] = name
+    xp.__dict__.clear()                  # the names xp kept belong to the previous library
 
 
 def set_dtype(name):
@@ -88,10 +89,16 @@ def to_numpy(a):
 
 
 class _ArrayModule:
-    """Forwards ``xp.name`` to the active library, so a switch reaches every module."""
+    """Forwards ``xp.name`` to the active library, so a switch reaches every module.
 
-    def __getattr__(self, name):
-        return getattr(array_module(), name)
+    Each name is looked up once and then kept on the instance, so that ``xp.name`` is a
+    plain attribute read (≈ 40 ns instead of ≈ 800 ns: the sinusoid's meta-iteration makes
+    a few hundred); ``set_backend`` forgets them."""
+
+    def __getattr__(self, name):         # only for names not yet kept
+        value = getattr(array_module(), name)
+        self.__dict__[name] = value
+        return value
 
     def __repr__(self):
         return f"<array module: {backend_name()}>"

@@ -3,13 +3,15 @@
 Each command lives in its own module under ``numpy_amaml/commands/``, which provides
 ``add_arguments(parser)`` and ``run(args) -> exit code``; a module is imported only when its
 command runs. The environment variables (NUMPY_AMAML_BACKEND, _DTYPE, _THREADS) are checked
-first, so a wrong one is a one-line error before anything is created.
+first, so a wrong one is a one-line error before anything is created. Every command runs
+with glibc told to keep freed array memory for reuse (numpy_amaml/allocator.py).
 """
 import argparse
 import importlib
 import sys
 
 from numpy_amaml import backend, parallel
+from numpy_amaml.allocator import keep_freed_memory
 
 COMMANDS = {
     "gradcheck": ("numpy_amaml.commands.gradcheck", "print a gradient-check table for every layer and model"),
@@ -36,6 +38,7 @@ def main(argv=None):
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    keep_freed_memory()
     module_name, help_text = COMMANDS[top.command]
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"python -m numpy_amaml {top.command}", description=help_text)

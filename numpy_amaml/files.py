@@ -8,12 +8,16 @@ deleted. Checkpoints, the Omniglot cache and downloads, run folders' config and 
 and the sweep's cell results, CSV and summary all go through it.
 
 The temporary file is named ``.<name>.<random>.tmp``: hidden, and recognisable if a
-``kill -9`` ever leaves one behind (``remove_stale_temporaries`` clears them).
+``kill -9`` ever leaves one behind (``remove_stale_temporaries`` clears them once they are
+old enough that no live writer can own them).
 """
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
+
+STALE_AFTER_S = 3600     # a temporary file untouched this long belongs to no running writer
 
 
 @contextlib.contextmanager
@@ -40,7 +44,14 @@ def write_text(path, text):
         f.write(text)
 
 
-def remove_stale_temporaries(folder, name):
-    """Delete temporary files that an interrupted ``atomic_write(folder / name)`` left behind."""
+def remove_stale_temporaries(folder, name, older_than_s=STALE_AFTER_S):
+    """Delete temporary files that an interrupted ``atomic_write(folder / name)`` left behind:
+    those last modified more than ``older_than_s`` seconds ago. A younger one may be another
+    process's write in progress (two runs, or two sweep workers, building the same Omniglot
+    cache at once): deleting it would make that write fail."""
     for leftover in Path(folder).glob(f".{name}.*.tmp"):
-        leftover.unlink(missing_ok=True)
+        try:
+            if time.time() - leftover.stat().st_mtime > older_than_s:
+                leftover.unlink(missing_ok=True)
+        except FileNotFoundError:          # its writer finished (renamed it) meanwhile
+            pass

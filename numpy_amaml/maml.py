@@ -19,22 +19,33 @@ First-order MAML drops the H terms: λ_{i,0} = λ_{i,K}.
 
 α is a float (the paper) or a dict {param name: float} (one rate per tensor); the
 inner update scales each tensor's gradient by its own rate, and ∂J/∂α is then a
-dict restricted tensor by tensor. Only the φ_{i,k} and the inner gradients are
-stored (O(K·|θ|) memory), plus the activations of one support pass: the last inner
-step's forward and backward sweep at φ_{K−1}, which the first HVP of the reverse pass
-(at that same point) reuses (model.loss_grad_sweep / hvp_of_sweep; for K = 1 the only
-HVP then costs just its R-sweeps). The other HVPs recompute their activations.
+dict restricted tensor by tensor. The normalized hyper-rate rule wants the same
+inner product without its magnitudes (docs/method.md §10):
+    cos_α = ⟨a, b⟩ / (‖a‖ ‖b‖),   a = (λ_{i,k+1})_{i,k},  b = (∇L^tr_i(φ_{i,k}))_{i,k}.
 
-Everything up to the means over tasks is per task (``adapt_and_reverse``), so
+Memory. The reverse pass of one task needs its φ_{i,k} and inner gradients
+(O(K·|θ|)), plus the activations of one support pass: the last inner step's forward and
+backward sweep at φ_{K−1}, which the first HVP of the reverse pass (at that same point)
+reuses (model.loss_grad_sweep / hvp_of_sweep; for K = 1 the only HVP then costs just its
+R-sweeps); the other HVPs recompute their activations. ``meta_gradient`` runs a few tasks
+at a time and keeps of each only what J, ∇_θ J, ∂J/∂α and cos_α need: λ_{i,0} and three
+numbers per tensor (``alpha_terms``). So its memory hardly grows with K; the whole path
+(every φ_{i,k}, ∇L^tr_i(φ_{i,k}), λ_{i,k}, O(K·B·|θ|)) is kept only on request
+(``keep_path=True``, for the tutorials and tests that look inside).
+
+Everything up to the sums over tasks is per task (``adapt_and_reverse``), so
 ``meta_gradient`` may run it on slices of the tasks at once (CPU threads,
-numpy_amaml.parallel) before it takes the means; the numbers do not change.
+numpy_amaml.parallel) before it sums; the numbers do not change.
 """
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from numpy_amaml.backend import backend_name
+import math
+
+from numpy_amaml.backend import backend_name, xp
+from numpy_amaml.optim import cosine
 from numpy_amaml.parallel import join_tasks, over_tasks
-from numpy_amaml.params import broadcast_to_tasks, dot_per_tensor
+from numpy_amaml.params import broadcast_to_tasks
 
 
 class TaskBatch(NamedTuple):
@@ -47,14 +58,15 @@ class TaskBatch(NamedTuple):
 
 @dataclass
 class MetaGradient:
-    """Everything one meta-batch gives: J, ∇_θ J, ∂J/∂α and the quantities behind them."""
+    """Everything one meta-batch gives: J, ∇_θ J, ∂J/∂α, cos_α, and on request the path."""
     loss: float                 # J = mean_i L^val_i(φ_{i,K})   (post-update query loss)
     grad: dict                  # ∇_θ J, shaped like θ
     dJ_dalpha: object           # float, or dict {name: float} for per-tensor α
+    cos_alpha: object           # cos_α = −B ∂J/∂α / (‖a‖ ‖b‖), float or dict like dJ_dalpha
     support_loss: float         # mean_i L^tr_i(θ)              (pre-update support loss)
-    phis: list                  # φ_0 .. φ_K, each {name: (B, ...)}
-    inner_grads: list           # ∇L^tr(φ_0) .. ∇L^tr(φ_{K−1}), each {name: (B, ...)}
-    adjoints: list              # λ_0 .. λ_K, each {name: (B, ...)}
+    phis: list = None           # keep_path only: φ_0 .. φ_K, each {name: (B, ...)}
+    inner_grads: list = None    # keep_path only: ∇L^tr(φ_0) .. ∇L^tr(φ_{K−1}), each {name: (B, ...)}
+    adjoints: list = None       # keep_path only: λ_0 .. λ_K, each {name: (B, ...)}
 
 
 def _rate(alpha, name):
@@ -153,46 +165,81 @@ def tasks_per_chunk(model, samples_per_task, tasks):
     return min(tasks, max(1, CHUNK_FLOATS // (samples_per_task * model.largest_activation())))
 
 
-def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False):
-    """J, ∇_θ J and ∂J/∂α for one meta-batch (exact, or first-order with ``first_order``).
+def per_task_dot(u, v):
+    """⟨u_i, v_i⟩ for every task i of two (n, ...) arrays: (n,), as one batched product
+    (n, 1, P) @ (n, P, 1) (one call, where a product and a sum would be two passes)."""
+    n = u.shape[0]
+    return (u.reshape(n, 1, -1) @ v.reshape(n, -1, 1)).reshape(n)
+
+
+def alpha_terms(adjoints, inner_grads, names):
+    """What ∂J/∂α and cos_α need of one chunk of n tasks: an (n, T, 3) array holding, for
+    task i and tensor t = names[t],
+
+        [i, t, 0] = Σ_k ⟨λ_{i,k+1}, ∇L^tr_i(φ_{i,k})⟩     (restricted to tensor t)
+        [i, t, 1] = Σ_k ‖λ_{i,k+1}‖²
+        [i, t, 2] = Σ_k ‖∇L^tr_i(φ_{i,k})‖²
+
+    adjoints: λ_1 .. λ_K, inner_grads: ∇L^tr(φ_0) .. ∇L^tr(φ_{K−1}), each {name: (n, ...)}.
+    Per task, so that chunks and threads join along the task axis like everything else.
+    """
+    def step_terms(lam, g):               # (n, T, 3) for one inner step k
+        columns = [[per_task_dot(lam[name], g[name]), per_task_dot(lam[name], lam[name]),
+                    per_task_dot(g[name], g[name])] for name in names]
+        return xp.stack(sum(columns, []), axis=1).reshape(-1, len(names), 3)
+    terms = step_terms(adjoints[0], inner_grads[0])
+    for lam, g in zip(adjoints[1:], inner_grads[1:]):
+        terms = terms + step_terms(lam, g)
+    return terms
+
+
+def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False, keep_path=False):
+    """J, ∇_θ J, ∂J/∂α and cos_α for one meta-batch (exact, or first-order with ``first_order``).
 
     theta: {name: array} shared meta-parameters; batch: a TaskBatch of B tasks;
-    alpha: float or {name: float}; inner_steps: K ≥ 1.
+    alpha: float or {name: float}; inner_steps: K ≥ 1; keep_path: also return every
+    task's φ_k, ∇L^tr(φ_k) and λ_k (MetaGradient.phis, inner_grads, adjoints), else None.
     The per-task part (``adapt_and_reverse``) runs over slices of the tasks on CPU
     threads (numpy_amaml.parallel; same numbers), each slice a chunk of
-    ``tasks_per_chunk`` tasks at a time; the means over tasks follow.
+    ``tasks_per_chunk`` tasks at a time, keeping of each chunk λ_0 and ``alpha_terms``
+    (unless ``keep_path``); the sums over tasks follow:
+
+        ∇_θ J = (1/B) Σ_i λ_{i,0},     ∂J/∂α = −(1/B) ⟨a, b⟩,     cos_α = ⟨a, b⟩ / (‖a‖ ‖b‖),
+        ⟨a, b⟩ = Σ_i Σ_k ⟨λ_{i,k+1}, ∇L^tr_i(φ_{i,k})⟩,  ‖a‖² = Σ_i Σ_k ‖λ_{i,k+1}‖²,  ‖b‖² likewise
+    (restricted to each tensor for a dict α).
     """
     if inner_steps < 1:
         raise ValueError(f"inner_steps must be ≥ 1, got {inner_steps}")
-    B = batch[0].shape[0]
+    B, names = batch[0].shape[0], list(theta)
     chunk = tasks_per_chunk(model, max(batch[0].shape[1], batch[2].shape[1]), B)
 
     def per_task(*task_slice):                     # one thread's slice, a chunk of tasks at a time
-        n = task_slice[0].shape[0]
-        if n <= chunk:
-            return adapt_and_reverse(model, theta, TaskBatch(*task_slice), alpha, inner_steps, first_order)
         parts = []
-        for i in range(0, n, chunk):
-            q, s, phis, g, adj = adapt_and_reverse(model, theta, TaskBatch(*(a[i:i + chunk] for a in task_slice)),
-                                                   alpha, inner_steps, first_order)
-            parts.append((q, s, phis[1:], g, adj))   # φ_0 = θ: a broadcast view, not n copies of θ
-        query_losses, support_losses, phis, inner_grads, adjoints = join_tasks(parts)
-        return query_losses, support_losses, [broadcast_to_tasks(theta, n)] + phis, inner_grads, adjoints
-    query_losses, support_losses, phis, inner_grads, adjoints = over_tasks(per_task, B, *batch)
+        for i in range(0, task_slice[0].shape[0], chunk):
+            query_losses, support_losses, phis, inner_grads, adjoints = adapt_and_reverse(
+                model, theta, TaskBatch(*(a[i:i + chunk] for a in task_slice)), alpha, inner_steps, first_order)
+            part = (query_losses, support_losses[0], adjoints[0], alpha_terms(adjoints[1:], inner_grads, names))
+            if keep_path:                          # φ_0 = θ: a broadcast view, added back below
+                part += (phis[1:], inner_grads, adjoints)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else join_tasks(parts)
+    query_losses, support_losses, lambda_0, terms, *path = over_tasks(per_task, B, *batch)
 
-    # ∂J/∂α = −(1/B) Σ_i Σ_k ⟨λ_{i,k+1}, ∇L^tr_i(φ_{i,k})⟩, tensor by tensor
-    per_tensor = {name: 0.0 for name in theta}
-    for k in range(inner_steps):
-        for name, value in dot_per_tensor(adjoints[k + 1], inner_grads[k]).items():
-            per_tensor[name] -= value / B
-    dJ_dalpha = per_tensor if isinstance(alpha, dict) else sum(per_tensor.values())
-
-    return MetaGradient(
-        loss=float(query_losses.mean()),
-        grad={name: adjoints[0][name].mean(axis=0) for name in theta},
-        dJ_dalpha=dJ_dalpha,
-        support_loss=float(support_losses[0].mean()),
-        phis=phis, inner_grads=inner_grads, adjoints=adjoints)
+    dots, a_sq, b_sq = (dict(zip(names, column)) for column in terms.sum(axis=0).T.tolist())
+    if isinstance(alpha, dict):                     # per tensor
+        dJ_dalpha = {name: -dots[name] / B for name in names}
+        cos_alpha = {name: cosine(dots[name], math.sqrt(a_sq[name]), math.sqrt(b_sq[name])) for name in names}
+    else:
+        dJ_dalpha = -sum(dots.values()) / B
+        cos_alpha = cosine(sum(dots.values()), math.sqrt(sum(a_sq.values())), math.sqrt(sum(b_sq.values())))
+    result = MetaGradient(loss=float(query_losses.mean()),
+                          grad={name: lambda_0[name].mean(axis=0) for name in theta},
+                          dJ_dalpha=dJ_dalpha, cos_alpha=cos_alpha,
+                          support_loss=float(support_losses.mean()))
+    if keep_path:
+        phis, result.inner_grads, result.adjoints = path
+        result.phis = [broadcast_to_tasks(theta, B)] + phis
+    return result
 
 
 def meta_objective(model, theta, batch, alpha, inner_steps):

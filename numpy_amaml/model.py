@@ -45,6 +45,8 @@ class Model:
         self._init = init
         self.description = description
         self._largest_activation = None
+        self._keys = {layer.name: [(name, name[len(layer.name) + 1:]) for name in self.param_shapes
+                                   if name.startswith(layer.name + ".")] for layer in self.layers}
 
     def __repr__(self):
         return f"Model({self.description or [l.name for l in self.layers]})"
@@ -71,8 +73,9 @@ class Model:
         return sum(math.prod(s) for s in self.param_shapes.values())
 
     def _layer_params(self, params, layer):
-        prefix = layer.name + "."
-        return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+        """One layer's params by their own keys: {"W": params["fc1.W"], "b": params["fc1.b"]}
+        (the pairs of names, (full name, key), listed once in __init__)."""
+        return {key: params[name] for name, key in self._keys[layer.name]}
 
     # ---- input checks -----------------------------------------------------------
     def _prepare(self, params, x, v=None):

@@ -36,6 +36,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from numpy_amaml.allocator import keep_freed_memory
 from numpy_amaml.alpha_maml import TrainingDiverged
 from numpy_amaml.config import resolve_config
 from numpy_amaml.files import write_text
@@ -133,8 +134,10 @@ def run_cell(job):
     "cell_figures": bool}. Returns the result dict, or {"name", "error"} when something other
     than a divergence went wrong (then nothing is written, so a re-run tries the cell again).
     Each cell runs with one thread on the task axis and single-threaded BLAS: the workers
-    already share the cores.
+    already share the cores; the worker keeps freed memory for reuse, as the command line does
+    (numpy_amaml.allocator).
     """
+    keep_freed_memory()
     cell, settings, out = Cell(**job["cell"]), job["settings"], Path(job["out"])
     run_dir = out / CELLS_DIR / cell.name
     started = time.perf_counter()

@@ -7,10 +7,13 @@
   the whole batch; the chunk size follows the model's largest activation.
 (The float64 finite-difference checks of every layer, model and meta-gradient are in
 test_layers_*.py, test_model.py and test_maml.py, unchanged.)"""
+import platform
+import sys
+
 import numpy as np
 import pytest
 
-from numpy_amaml import architectures, backend, maml
+from numpy_amaml import allocator, architectures, backend, maml
 from numpy_amaml.backend import to_numpy, xp
 from numpy_amaml.gradcheck import rel_error
 from numpy_amaml.layers import conv2d, conv2d_naive, linear
@@ -103,13 +106,13 @@ def test_hvp_of_sweep_checks_the_task_axis_of_v():
 def test_meta_gradient_in_chunks_of_tasks_is_unchanged(monkeypatch, K, first_order):
     model, theta, x, y, _ = cnn_problem(B=5)
     batch = TaskBatch(x, y, x[:, ::-1], y)
-    whole = meta_gradient(model, theta, batch, 0.1, K, first_order)
+    whole = meta_gradient(model, theta, batch, 0.1, K, first_order, keep_path=True)
     assert maml.tasks_per_chunk(model, 3, 5) == 5
     monkeypatch.setattr(maml, "CHUNK_FLOATS", 2 * 3 * model.largest_activation())   # 2 tasks per chunk: 2 + 2 + 1
     assert maml.tasks_per_chunk(model, 3, 5) == 2
-    chunked = meta_gradient(model, theta, batch, 0.1, K, first_order)
+    chunked = meta_gradient(model, theta, batch, 0.1, K, first_order, keep_path=True)
     assert chunked.loss == whole.loss and chunked.support_loss == whole.support_loss
-    assert chunked.dJ_dalpha == whole.dJ_dalpha
+    assert chunked.dJ_dalpha == whole.dJ_dalpha and chunked.cos_alpha == whole.cos_alpha
     assert_equal(chunked.grad, whole.grad)
     for name in ("phis", "inner_grads", "adjoints"):
         for a, b in zip(getattr(chunked, name), getattr(whole, name), strict=True):
@@ -128,3 +131,17 @@ def test_largest_activation_and_tasks_per_chunk():
         assert maml.tasks_per_chunk(architectures.sinusoid_mlp(), 10, 25) == 25    # the sinusoid: one chunk
     else:
         assert maml.tasks_per_chunk(maxpool, 5, 32) == 32
+
+
+def test_keeping_freed_memory_changes_no_number():
+    """numpy_amaml.allocator only tells glibc to reuse freed blocks: on Linux/glibc it reports
+    success, and a meta-gradient afterwards is bit for bit the one before."""
+    model, theta, x, y, _ = cnn_problem(B=3)
+    batch = TaskBatch(x, y, x[:, ::-1], y)
+    before = meta_gradient(model, theta, batch, 0.1, 2)
+    applied = allocator.keep_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied
+    after = meta_gradient(model, theta, batch, 0.1, 2)
+    assert (after.loss, after.dJ_dalpha, after.cos_alpha) == (before.loss, before.dJ_dalpha, before.cos_alpha)
+    assert_equal(after.grad, before.grad)

@@ -300,12 +300,19 @@ def test_sweep_workers_end_with_their_parent(tmp_path):
 
 
 def test_an_interrupted_cache_write_leaves_nothing_behind(tiny_omniglot, tmp_path):
+    """An old temporary file (what kill -9 during the write leaves) is removed at the next load;
+    a fresh one may be another process's write in progress and stays (deleting it made two runs
+    started at once with no cache fail: FileNotFoundError in the other run's rename)."""
     cache = tmp_path / "cache"
     cache.mkdir()
     name = omniglot.cache_file_name(28, omniglot.expected_checksums(tiny_omniglot)[0])
-    (cache / f".{name}.abc123.tmp").write_bytes(b"")           # what kill -9 during the write leaves
+    stale, live = cache / f".{name}.abc123.tmp", cache / f".{name}.def456.tmp"
+    stale.write_bytes(b"")
+    old = time.time() - files.STALE_AFTER_S - 60
+    os.utime(stale, (old, old))
+    live.write_bytes(b"partial")
     omniglot.load_omniglot(tiny_omniglot, cache_dir=cache, progress=False)
-    assert sorted(p.name for p in cache.iterdir()) == [name]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([name, live.name])
 
 
 def test_a_replaced_zip_is_noticed_even_with_a_cache(tiny_omniglot, tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from numpy_amaml import architectures, losses
-from numpy_amaml.alpha_maml import AlphaMAML, alpha_cosine
+from numpy_amaml.alpha_maml import AlphaMAML
 from numpy_amaml.backend import to_numpy
 from numpy_amaml.maml import meta_gradient, meta_objective
 from numpy_amaml.model import Model
@@ -91,14 +91,14 @@ def test_update_rate_normalized_is_a_bounded_factor_that_keeps_the_rate_positive
 # ---- cos_α: the α hypergradient without its magnitude ------------------------------------------
 
 @pytest.mark.parametrize("K", [1, 3])
-def test_alpha_cosine_reconstructs_the_alpha_hypergradient(K):
-    """cos_α from ``alpha_cosine`` equals ⟨a, b⟩/(‖a‖‖b‖) of the flattened stacks, and
+def test_cos_alpha_reconstructs_the_alpha_hypergradient(K):
+    """cos_α from ``meta_gradient`` (summed chunk by chunk, no path kept) equals ⟨a, b⟩/(‖a‖‖b‖) of the flattened stacks, and
     −(1/B) ‖a‖ ‖b‖ cos_α gives back ∂J/∂α, which matches finite differences of J."""
     model, batch, alpha, B = small_mlp(), sinusoid_batch(seed=3), 0.02, 3
     theta = model.init_params(seed=4)
-    mg = meta_gradient(model, theta, batch, alpha, K)
+    mg = meta_gradient(model, theta, batch, alpha, K, keep_path=True)
     a, b = flat(mg.adjoints[1:]), flat(mg.inner_grads)
-    cos_alpha = alpha_cosine(mg)
+    cos_alpha = meta_gradient(model, theta, batch, alpha, K).cos_alpha
     assert -1 <= cos_alpha <= 1
     assert cos_alpha == pytest.approx(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), rel=1e-12)
     h_alpha = -np.linalg.norm(a) * np.linalg.norm(b) * cos_alpha / B
@@ -112,8 +112,8 @@ def test_per_tensor_alpha_cosines_reconstruct_each_tensors_hypergradient():
     model, batch, K, B = small_mlp(), sinusoid_batch(seed=6), 2, 3
     theta = model.init_params(seed=7)
     alpha = {name: 0.005 * (i + 1) for i, name in enumerate(sorted(theta))}
-    mg = meta_gradient(model, theta, batch, alpha, K)
-    cosines = alpha_cosine(mg, per_tensor=True)
+    mg = meta_gradient(model, theta, batch, alpha, K, keep_path=True)
+    cosines = mg.cos_alpha
     for name in alpha:
         a = flat([{name: lam[name]} for lam in mg.adjoints[1:]])
         b = flat([{name: g[name]} for g in mg.inner_grads])
@@ -127,9 +127,9 @@ def test_minus_cos_alpha_is_the_log_alpha_derivative_up_to_a_positive_factor(K):
     checked against central differences of J in log α (α e^{±h})."""
     model, batch, alpha, B = small_mlp(), sinusoid_batch(seed=8), 0.03, 3
     theta = model.init_params(seed=9)
-    mg = meta_gradient(model, theta, batch, alpha, K)
+    mg = meta_gradient(model, theta, batch, alpha, K, keep_path=True)
     a, b = flat(mg.adjoints[1:]), flat(mg.inner_grads)
-    by_cosine = -alpha / B * np.linalg.norm(a) * np.linalg.norm(b) * alpha_cosine(mg)
+    by_cosine = -alpha / B * np.linalg.norm(a) * np.linalg.norm(b) * mg.cos_alpha
     numeric = (meta_objective(model, theta, batch, alpha * np.exp(H), K)
                - meta_objective(model, theta, batch, alpha * np.exp(-H), K)) / (2 * H)
     assert relative(by_cosine, numeric) < TOL
@@ -178,7 +178,7 @@ def test_normalized_step_follows_the_hand_written_sequence():
     u_prev = learner.optimizer.prev_direction
     log = learner.step(batch)
 
-    mg = meta_gradient(model, theta1, batch, alpha1, 2)
+    mg = meta_gradient(model, theta1, batch, alpha1, 2, keep_path=True)
     a, b = flat(mg.adjoints[1:]), flat(mg.inner_grads)
     g, u = flat([mg.grad]), flat([u_prev])
     cos_alpha = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))

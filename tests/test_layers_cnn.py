@@ -139,6 +139,37 @@ def test_batchnorm_normalises_per_task_and_channel():
     assert float(xp.abs(y.var(axis=(1, 2, 3)) - 1.0).max()) < 1e-3     # var/(var + eps)
 
 
+
+def test_batchnorm_r_forward_equals_the_formula_with_rx_hat():
+    """r_forward collects Ry by the arrays it multiplies; here Ry = Rγ x̂ + γ Rx̂ + Rβ
+    with Rx̂ = (Rx − E[Rx] − x̂ E[x̂ Rx])/σ formed as in the module docstring."""
+    rng = np.random.default_rng(7)
+    x, Rx = randn(rng, 2, 3, 4, 4, 5) * 2.0 + 1.0, randn(rng, 2, 3, 4, 4, 5)
+    params = {"gamma": randn(rng, 2, 5), "beta": randn(rng, 2, 5)}
+    Rparams = {"gamma": randn(rng, 2, 5), "beta": randn(rng, 2, 5)}
+    _, (x_hat, _, sigma, axes) = batchnorm.forward(params, x)
+    mean = lambda a: a.mean(axis=axes, keepdims=True)
+    Rx_hat = (Rx - mean(Rx) - x_hat * mean(x_hat * Rx)) / sigma
+    expand = lambda p: p[:, None, None, None, :]
+    formula = expand(Rparams["gamma"]) * x_hat + expand(params["gamma"]) * Rx_hat + expand(Rparams["beta"])
+    _, cache = batchnorm.forward(params, x)
+    assert rel_error(batchnorm.r_forward(params, x, Rparams, Rx, cache)[0], formula) <= 1e-12
+
+
+def test_batchnorm_rx_none_matches_zero_tangent():
+    rng = np.random.default_rng(8)
+    x = randn(rng, 2, 3, 4, 4, 5)
+    params = {"gamma": randn(rng, 2, 5), "beta": randn(rng, 2, 5)}
+    Rparams = {"gamma": randn(rng, 2, 5), "beta": randn(rng, 2, 5)}
+    y, cache = batchnorm.forward(params, x)
+    dy, Rdy = randn(rng, *y.shape), randn(rng, *y.shape)
+    Ry0, rc0 = batchnorm.r_forward(params, x, Rparams, None, cache)
+    Ry1, rc1 = batchnorm.r_forward(params, x, Rparams, xp.zeros_like(x), cache)
+    assert rel_error(Ry0, Ry1) <= 1e-12
+    for a, b in zip(batchnorm.r_backward(dy, Rdy, cache, rc0), batchnorm.r_backward(dy, Rdy, cache, rc1)):
+        assert rel_error(a, b) <= 1e-12
+
+
 POOL_SHAPES = [(2, 4, 4, 2), (2, 1, 5, 7, 2), (3, 2, 6, 4, 1), (1, 3, 3, 3)]
 
 

