@@ -233,7 +233,7 @@ def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False, ke
         dJ_dalpha = -sum(dots.values()) / B
         cos_alpha = cosine(sum(dots.values()), math.sqrt(sum(a_sq.values())), math.sqrt(sum(b_sq.values())))
     result = MetaGradient(loss=float(query_losses.mean()),
-                          grad={name: lambda_0[name].mean(axis=0) for name in theta},
+                          grad={name: lambda_0[name].sum(axis=0) / B for name in theta},
                           dJ_dalpha=dJ_dalpha, cos_alpha=cos_alpha,
                           support_loss=float(support_losses.mean()))
     if keep_path:
