@@ -27,7 +27,8 @@ Memory. The reverse pass of one task needs its φ_{i,k} and inner gradients
 (O(K·|θ|)), plus the activations of one support pass: the last inner step's forward and
 backward sweep at φ_{K−1}, which the first HVP of the reverse pass (at that same point)
 reuses (model.loss_grad_sweep / hvp_of_sweep; for K = 1 the only HVP then costs just its
-R-sweeps); the other HVPs recompute their activations. ``meta_gradient`` runs a few tasks
+R-sweeps); the other HVPs recompute their activations. The reverse pass lets each φ_k,
+∇L^tr(φ_k) and λ_{k+1} go once it has used them, and ``meta_gradient`` runs a few tasks
 at a time and keeps of each only what J, ∇_θ J, ∂J/∂α and cos_α need: λ_{i,0} and three
 numbers per tensor (``alpha_terms``). So its memory hardly grows with K; the whole path
 (every φ_{i,k}, ∇L^tr_i(φ_{i,k}), λ_{i,k}, O(K·B·|θ|)) is kept only on request
@@ -37,10 +38,9 @@ Everything up to the sums over tasks is per task (``adapt_and_reverse``), so
 ``meta_gradient`` may run it on slices of the tasks at once (CPU threads,
 numpy_amaml.parallel) before it sums; the numbers do not change.
 """
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
-
-import math
 
 from numpy_amaml.backend import backend_name, xp
 from numpy_amaml.optim import cosine
@@ -120,20 +120,50 @@ def adapt(model, theta, x_support, y_support, alpha, inner_steps):
     return inner_loop(model, theta, x_support, y_support, alpha, inner_steps)[0][-1]
 
 
-def adapt_and_reverse(model, theta, batch, alpha, inner_steps, first_order=False):
+def per_task_dot(u, v):
+    """⟨u_i, v_i⟩ for every task i of two (n, ...) arrays: (n,), as one batched product
+    (n, 1, P) @ (n, P, 1) (one call, where a product and a sum would be two passes)."""
+    n = u.shape[0]
+    return (u.reshape(n, 1, -1) @ v.reshape(n, -1, 1)).reshape(n)
+
+
+def alpha_terms(adjoint, inner_grad, names):
+    """What ∂J/∂α and cos_α need of one inner step k, for n tasks: an (n, T, 3) array holding,
+    for task i and tensor t = names[t] (each restricted to that tensor),
+
+        [i, t, 0] = ⟨λ_{i,k+1}, ∇L^tr_i(φ_{i,k})⟩,   [i, t, 1] = ‖λ_{i,k+1}‖²,   [i, t, 2] = ‖∇L^tr_i(φ_{i,k})‖²
+
+    adjoint: λ_{k+1}, inner_grad: ∇L^tr(φ_k), each {name: (n, ...)}. Per task, so that chunks
+    and threads join along the task axis like everything else.
+    """
+    columns = []
+    for name in names:
+        lam, g = adjoint[name], inner_grad[name]
+        columns += [per_task_dot(lam, g), per_task_dot(lam, lam), per_task_dot(g, g)]
+    return xp.stack(columns, axis=1).reshape(-1, len(names), 3)
+
+
+def adapt_and_reverse(model, theta, batch, alpha, inner_steps, first_order=False, keep_path=False):
     """The per-task part of a meta-gradient: the inner loop, then the reverse pass.
 
     Nothing is summed over tasks here, so any slice of the tasks can run on its own
     (``meta_gradient`` runs slices on CPU threads). Returns
-    (query_losses (B,), support_losses [K × (B,)], phis, inner_grads, adjoints),
-    the lists as in ``inner_loop`` and ``MetaGradient``.
+    (query_losses (B,), support_losses (B,) = L^tr(φ_0), λ_0, terms, path):
+    terms = Σ_k alpha_terms(λ_{k+1}, ∇L^tr(φ_k)), (B, T, 3); path = (phis, inner_grads,
+    adjoints), the lists of ``MetaGradient``, with ``keep_path``, else None: then each φ_k,
+    ∇L^tr(φ_k) and λ_{k+1} is let go as soon as the reverse pass has used it, so that at
+    most the φ and gradients still ahead of it are held.
     """
     x_support, y_support, x_query, y_query = batch
+    names = list(theta)
     phis, inner_grads, support_losses, sweep = _inner_loop(
         model, theta, x_support, y_support, alpha, inner_steps, keep_last_sweep=not first_order)
     query_losses, adjoint = model.loss_and_grad(phis[-1], x_query, y_query)   # λ_K
-    adjoints = [adjoint]
+    adjoints, terms = [adjoint], 0
+    if not keep_path:
+        phis[-1] = None
     for k in reversed(range(inner_steps)):                                   # λ_k from λ_{k+1}
+        terms = terms + alpha_terms(adjoint, inner_grads[k], names)
         if not first_order:
             scaled = {name: _rate(alpha, name) * adjoint[name] for name in adjoint}
             if k == inner_steps - 1:      # at φ_{K−1}: the inner loop's last sweep, kept
@@ -142,8 +172,12 @@ def adapt_and_reverse(model, theta, batch, alpha, inner_steps, first_order=False
             else:
                 H_scaled = model.hvp(phis[k], x_support, y_support, scaled)
             adjoint = {name: adjoint[name] - H_scaled[name] for name in adjoint}
-        adjoints.insert(0, adjoint)
-    return query_losses, support_losses, phis, inner_grads, adjoints
+        if keep_path:
+            adjoints.insert(0, adjoint)
+        else:
+            phis[k] = inner_grads[k] = None
+    path = (phis, inner_grads, adjoints) if keep_path else None
+    return query_losses, support_losses[0], adjoint, terms, path
 
 
 CHUNK_FLOATS = 2**18     # ≈ 1 MiB of float32: the largest activation of one chunk of tasks
@@ -163,34 +197,6 @@ def tasks_per_chunk(model, samples_per_task, tasks):
     if backend_name() != "numpy":
         return tasks
     return min(tasks, max(1, CHUNK_FLOATS // (samples_per_task * model.largest_activation())))
-
-
-def per_task_dot(u, v):
-    """⟨u_i, v_i⟩ for every task i of two (n, ...) arrays: (n,), as one batched product
-    (n, 1, P) @ (n, P, 1) (one call, where a product and a sum would be two passes)."""
-    n = u.shape[0]
-    return (u.reshape(n, 1, -1) @ v.reshape(n, -1, 1)).reshape(n)
-
-
-def alpha_terms(adjoints, inner_grads, names):
-    """What ∂J/∂α and cos_α need of one chunk of n tasks: an (n, T, 3) array holding, for
-    task i and tensor t = names[t],
-
-        [i, t, 0] = Σ_k ⟨λ_{i,k+1}, ∇L^tr_i(φ_{i,k})⟩     (restricted to tensor t)
-        [i, t, 1] = Σ_k ‖λ_{i,k+1}‖²
-        [i, t, 2] = Σ_k ‖∇L^tr_i(φ_{i,k})‖²
-
-    adjoints: λ_1 .. λ_K, inner_grads: ∇L^tr(φ_0) .. ∇L^tr(φ_{K−1}), each {name: (n, ...)}.
-    Per task, so that chunks and threads join along the task axis like everything else.
-    """
-    def step_terms(lam, g):               # (n, T, 3) for one inner step k
-        columns = [[per_task_dot(lam[name], g[name]), per_task_dot(lam[name], lam[name]),
-                    per_task_dot(g[name], g[name])] for name in names]
-        return xp.stack(sum(columns, []), axis=1).reshape(-1, len(names), 3)
-    terms = step_terms(adjoints[0], inner_grads[0])
-    for lam, g in zip(adjoints[1:], inner_grads[1:]):
-        terms = terms + step_terms(lam, g)
-    return terms
 
 
 def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False, keep_path=False):
@@ -216,12 +222,12 @@ def meta_gradient(model, theta, batch, alpha, inner_steps, first_order=False, ke
     def per_task(*task_slice):                     # one thread's slice, a chunk of tasks at a time
         parts = []
         for i in range(0, task_slice[0].shape[0], chunk):
-            query_losses, support_losses, phis, inner_grads, adjoints = adapt_and_reverse(
-                model, theta, TaskBatch(*(a[i:i + chunk] for a in task_slice)), alpha, inner_steps, first_order)
-            part = (query_losses, support_losses[0], adjoints[0], alpha_terms(adjoints[1:], inner_grads, names))
+            *part, path = adapt_and_reverse(model, theta, TaskBatch(*(a[i:i + chunk] for a in task_slice)),
+                                            alpha, inner_steps, first_order, keep_path)
             if keep_path:                          # φ_0 = θ: a broadcast view, added back below
-                part += (phis[1:], inner_grads, adjoints)
-            parts.append(part)
+                phis, inner_grads, adjoints = path
+                part += [phis[1:], inner_grads, adjoints]
+            parts.append(tuple(part))
         return parts[0] if len(parts) == 1 else join_tasks(parts)
     query_losses, support_losses, lambda_0, terms, *path = over_tasks(per_task, B, *batch)
 

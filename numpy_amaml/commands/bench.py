@@ -278,7 +278,7 @@ def run(args):
         seconds = time_case(case, args.warmup, args.repeats)
         gflop = matmul_flops(case, make_problem(case)[0]) / 1e9
         memory[case.name] = peak_memory_case(case)
-        print(f"{case.name:40s} {parallel.threads():7d} {seconds:14.4f} {gflop:7.2f} {gflop / seconds:8.1f} "
+        print(f"{case.name:40s} {parallel.threads():7d} {seconds:14.4g} {gflop:7.2f} {gflop / seconds:8.1f} "
               f"{memory[case.name] / 2**20:9.1f} MiB", flush=True)
     one, five = "CNN max-pool, 5-way 1-shot, B=32", "CNN max-pool, 5 inner steps"
     if one in memory and five in memory:
