@@ -44,14 +44,14 @@ def write_text(path, text):
         f.write(text)
 
 
-def remove_stale_temporaries(folder, name, older_than_s=STALE_AFTER_S):
+def remove_stale_temporaries(folder, name):
     """Delete temporary files that an interrupted ``atomic_write(folder / name)`` left behind:
-    those last modified more than ``older_than_s`` seconds ago. A younger one may be another
+    those last modified more than STALE_AFTER_S seconds ago. A younger one may be another
     process's write in progress (two runs, or two sweep workers, building the same Omniglot
     cache at once): deleting it would make that write fail."""
     for leftover in Path(folder).glob(f".{name}.*.tmp"):
         try:
-            if time.time() - leftover.stat().st_mtime > older_than_s:
+            if time.time() - leftover.stat().st_mtime > STALE_AFTER_S:
                 leftover.unlink(missing_ok=True)
         except FileNotFoundError:          # its writer finished (renamed it) meanwhile
             pass

@@ -139,7 +139,6 @@ def test_batchnorm_normalises_per_task_and_channel():
     assert float(xp.abs(y.var(axis=(1, 2, 3)) - 1.0).max()) < 1e-3     # var/(var + eps)
 
 
-
 def test_batchnorm_r_forward_equals_the_formula_with_rx_hat():
     """r_forward collects Ry by the arrays it multiplies; here Ry = Rγ x̂ + γ Rx̂ + Rβ
     with Rx̂ = (Rx − E[Rx] − x̂ E[x̂ Rx])/σ formed as in the module docstring."""
@@ -147,16 +146,17 @@ def test_batchnorm_r_forward_equals_the_formula_with_rx_hat():
     x, Rx = randn(rng, 2, 3, 4, 4, 5) * 2.0 + 1.0, randn(rng, 2, 3, 4, 4, 5)
     params = {"gamma": randn(rng, 2, 5), "beta": randn(rng, 2, 5)}
     Rparams = {"gamma": randn(rng, 2, 5), "beta": randn(rng, 2, 5)}
-    _, (x_hat, _, sigma, axes) = batchnorm.forward(params, x)
+    _, cache = batchnorm.forward(params, x)
+    x_hat, _, sigma, axes = cache
     mean = lambda a: a.mean(axis=axes, keepdims=True)
     Rx_hat = (Rx - mean(Rx) - x_hat * mean(x_hat * Rx)) / sigma
     expand = lambda p: p[:, None, None, None, :]
     formula = expand(Rparams["gamma"]) * x_hat + expand(params["gamma"]) * Rx_hat + expand(Rparams["beta"])
-    _, cache = batchnorm.forward(params, x)
     assert rel_error(batchnorm.r_forward(params, x, Rparams, Rx, cache)[0], formula) <= 1e-12
 
 
 def test_batchnorm_rx_none_matches_zero_tangent():
+    """Rx = None (the data's tangent) takes the short path; it must equal Rx = 0."""
     rng = np.random.default_rng(8)
     x = randn(rng, 2, 3, 4, 4, 5)
     params = {"gamma": randn(rng, 2, 5), "beta": randn(rng, 2, 5)}
