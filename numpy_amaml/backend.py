@@ -9,6 +9,7 @@ Selection (first match wins):
   * environment variables ``NUMPY_AMAML_BACKEND`` and ``NUMPY_AMAML_DTYPE``;
   * defaults: NumPy and float32 (training). Gradient checks use float64.
 """
+import contextlib
 import os
 
 import numpy
@@ -84,8 +85,25 @@ def asarray(a, dtype=None):
 
 
 def to_numpy(a):
-    """A NumPy copy of ``a`` (``a.get()`` for CuPy arrays, identity for NumPy)."""
-    return a.get() if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
+    """``a``'s values as a NumPy array on the host: ``a.get()`` for an array that has it (a copy
+    from a CuPy array; numpy_amaml.op_count's counting arrays count the read), else
+    ``numpy.asarray(a)`` (identity for a NumPy array)."""
+    return a.get() if hasattr(a, "get") else numpy.asarray(a)
+
+
+@contextlib.contextmanager
+def standing_in(name, module):
+    """Within the block, ``module`` serves as the array library and ``name`` as the backend's
+    name; afterwards the previous ones return. numpy_amaml.op_count uses it to run NumPy arrays
+    that count their operations through the code paths of the CuPy backend."""
+    previous = (backend_name(), array_module())
+    _active["name"], _active["module"] = name, module
+    xp.__dict__.clear()
+    try:
+        yield
+    finally:
+        _active["name"], _active["module"] = previous
+        xp.__dict__.clear()
 
 
 class _ArrayModule:

@@ -18,8 +18,13 @@ from numpy_amaml.omniglot import DRAWINGS_PER_CHARACTER
 from numpy_amaml.optim import HYPER_RULES, OPTIMIZERS
 
 TASKS = ("sinusoid", "omniglot")
-METHODS = ("maml", "alpha-maml")
-METHOD_LABELS = {"maml": "MAML", "alpha-maml": "Alpha MAML"}
+METHODS = ("maml", "alpha-maml", "meta-sgd", "lslr")
+METHOD_LABELS = {"maml": "MAML", "alpha-maml": "Alpha MAML", "meta-sgd": "Meta-SGD", "lslr": "LSLR"}
+# How each method sets α (docs/method.md §13): fixed; by its hypergradient, online; learned by the
+# meta-optimizer with θ, one α per parameter (Meta-SGD) or per tensor and inner step (LSLR, MAML++).
+METHOD_HELP = {"maml": "α and β fixed", "alpha-maml": "α and β moved online by their hypergradients",
+               "meta-sgd": "one α per parameter, learned with θ by the meta-optimizer (β fixed)",
+               "lslr": "one α per tensor and inner step (MAML++), learned with θ by the meta-optimizer (β fixed)"}
 CHOICES = {"task": TASKS, "method": METHODS, "optimizer": tuple(OPTIMIZERS), "hyper_rule": HYPER_RULES,
            "dtype": tuple(DTYPES), "downsample": DOWNSAMPLING}
 
@@ -28,7 +33,8 @@ CHOICES = {"task": TASKS, "method": METHODS, "optimizer": tuple(OPTIMIZERS), "hy
 class TrainConfig:
     """Everything that defines a training run (docs/method.md gives the symbols)."""
     task: str = "sinusoid"             # "sinusoid" | "omniglot"
-    method: str = "alpha-maml"         # "maml" (fixed α, β) | "alpha-maml" (hypergradient α, β)
+    method: str = "alpha-maml"         # "maml" (fixed α, β) | "alpha-maml" (hypergradient α, β) |
+                                       # "meta-sgd", "lslr" (α learned with θ, β fixed): METHOD_HELP
     first_order: bool = False          # drop the Hessian terms of the reverse pass (FOMAML)
     inner_steps: int = 1               # K, inner gradient steps during meta-training
     alpha: float = None                # α₀, initial inner learning rate
@@ -38,7 +44,7 @@ class TrainConfig:
                                        # docs/method.md §10, docs/sensitivity.md for the evidence
     alpha_hyper_lr: float = None       # γ_α (0 for MAML)
     beta_hyper_lr: float = None        # γ_β (0 for MAML)
-    per_layer_alpha: bool = False      # one α per parameter tensor instead of one scalar
+    per_layer_alpha: bool = False      # one α per parameter tensor instead of one scalar (maml, alpha-maml)
     meta_batch: int = None             # B, tasks per meta-iteration
     iterations: int = None             # meta-iterations in total
     seed: int = 0                      # model initialisation and task sampling
@@ -148,10 +154,14 @@ def resolve_config(options):
         given = [name for name in OMNIGLOT_ONLY if name in options]
         if given:
             raise ConfigError(f"{', '.join(flag(n) for n in given)} only apply to --task omniglot")
-    if method == "maml":
+    if method != "alpha-maml":
         for name in ("alpha_hyper_lr", "beta_hyper_lr"):
             if options.get(name, 0.0) != 0.0:
-                raise ConfigError(f"{flag(name)} needs --method alpha-maml (MAML keeps α and β fixed)")
+                raise ConfigError(f"{flag(name)} needs --method alpha-maml ({METHOD_LABELS[method]}: "
+                                  f"{METHOD_HELP[method]})")
+        if method != "maml" and options.get("per_layer_alpha"):
+            raise ConfigError(f"--per-layer-alpha is for maml and alpha-maml; {method} has its own "
+                              f"layout of α ({METHOD_HELP[method]})")
         rates = (0.0, 0.0)
     else:
         rates = default_hyper_lrs(options.get("hyper_rule", TrainConfig.hyper_rule), task,

@@ -15,7 +15,7 @@ pass 1 did not settle: pass 2 runs on H + ρ I (s = −ρ), whose eigenvalues li
 again a Rayleigh quotient of H, and the result is the larger of the two passes' μ. This is
 the eigenvalue of the inner step's stability bound α λ_max < 2 (docs/method.md §11).
 """
-import numpy as np
+import numpy as np          # the host Generator of the random start, and the float64 result
 
 from numpy_amaml.backend import asarray, to_numpy, xp
 from numpy_amaml.params import broadcast_to_tasks
@@ -23,29 +23,29 @@ from numpy_amaml.validation import check_params
 
 
 def _per_task_dot(a, b):
-    """(B,) host array: ⟨a_i, b_i⟩ over every tensor of task i."""
-    total = sum(xp.reshape(a[k] * b[k], (a[k].shape[0], -1)).sum(axis=1) for k in a)
-    return to_numpy(total).astype(np.float64)
+    """(B,): ⟨a_i, b_i⟩ over every tensor of task i, on the backend."""
+    return sum(xp.reshape(a[k] * b[k], (a[k].shape[0], -1)).sum(axis=1) for k in a)
 
 
 def _per_task(s, like):
-    """A (B,) host array as a (B, 1, ..., 1) array that broadcasts against ``like``."""
-    return asarray(s.reshape((-1,) + (1,) * (like.ndim - 1)), like.dtype)
+    """(B,) -> (B, 1, ..., 1): one number per task, to broadcast against ``like`` (a view)."""
+    return xp.reshape(s, (-1,) + (1,) * (like.ndim - 1))
 
 
 def _power_iteration(hvp, v, shift, iterations, tol):
-    """Power iteration on H − s I for every task: returns (μ, ρ, settled), each (B,):
-    μ = ⟨v, H v⟩ and ρ = ‖(H − s I) v‖ at the last unit vector v, and whether μ moved by
-    at most tol·|μ| in the last iteration."""
-    v = {k: v[k] / _per_task(np.sqrt(_per_task_dot(v, v)), v[k]) for k in v}
-    mu = np.full(len(shift), np.nan)
+    """Power iteration on H − s I for every task: returns (μ, ρ, settled), each (B,) on the
+    backend: μ = ⟨v, H v⟩ and ρ = ‖(H − s I) v‖ at the last unit vector v, and whether μ moved
+    by at most tol·|μ| in the last iteration. The host reads one boolean per iteration (do all
+    tasks stop?); every other number stays on the backend."""
+    v = {k: v[k] / _per_task(xp.sqrt(_per_task_dot(v, v)), v[k]) for k in v}
+    mu = xp.full(shift.shape, xp.nan, dtype=shift.dtype)
     for _ in range(iterations):
         hv = hvp(v)
         mu_new = _per_task_dot(v, hv)                                        # ⟨v, H v⟩, ‖v‖ = 1
         w = {k: hv[k] - _per_task(shift, v[k]) * v[k] for k in v}            # (H − s I) v
-        rho = np.sqrt(_per_task_dot(w, w))
-        v = {k: w[k] / _per_task(np.where(rho > 0, rho, 1.0), w[k]) for k in w}
-        settled = np.abs(mu_new - mu) <= tol * np.abs(mu_new)
+        rho = xp.sqrt(_per_task_dot(w, w))
+        v = {k: w[k] / _per_task(xp.where(rho > 0, rho, xp.ones_like(rho)), w[k]) for k in w}
+        settled = xp.abs(mu_new - mu) <= tol * xp.abs(mu_new)
         mu = mu_new
         if settled.all():
             break
@@ -62,8 +62,9 @@ def largest_eigenvalue(model, params, x, y, iterations=20, seed=0, tol=1e-8):
     seed: the random start v_0 ~ N(0, I), the same for both passes. tol: a pass stops once
     every task's μ moved by at most tol·|μ| in one iteration.
     Returns a NumPy float64 array of shape (B,): the largest (algebraic) eigenvalue of each
-    task's Hessian. Each entry is a Rayleigh quotient, hence ≤ λ_max up to round-off: an
-    unconverged estimate is too small.
+    task's Hessian, computed in the params' dtype on the backend and copied to the host once.
+    Each entry is a Rayleigh quotient, hence ≤ λ_max up to round-off: an unconverged estimate
+    is too small.
     """
     if iterations < 1:
         raise ValueError(f"largest_eigenvalue: iterations must be ≥ 1, got {iterations}")
@@ -81,9 +82,10 @@ def largest_eigenvalue(model, params, x, y, iterations=20, seed=0, tol=1e-8):
     rng = np.random.default_rng(seed)
     start = {k: asarray(rng.standard_normal((B,) + shape), params[k].dtype)
              for k, shape in model.param_shapes.items()}
-    mu, rho, settled = _power_iteration(hvp, start, np.zeros(B), iterations, tol)
+    dtype = next(iter(start.values())).dtype
+    mu, rho, settled = _power_iteration(hvp, start, xp.zeros(B, dtype=dtype), iterations, tol)
     unsure = ~settled | (mu < rho / 2)                   # λ_dom < 0, or a near ±ρ tie
-    if not unsure.any():
-        return mu
-    mu_shifted, _, _ = _power_iteration(hvp, start, np.where(unsure, -rho, 0.0), iterations, tol)
-    return np.where(unsure, np.maximum(mu, mu_shifted), mu)
+    if unsure.any():
+        mu_shifted, _, _ = _power_iteration(hvp, start, xp.where(unsure, -rho, xp.zeros_like(rho)), iterations, tol)
+        mu = xp.where(unsure, xp.maximum(mu, mu_shifted), mu)
+    return to_numpy(mu).astype(np.float64)

@@ -19,6 +19,7 @@ This module works on host NumPy arrays; training code moves batches to the devic
 Log lines (which folder, which checksums, cache hit or write) go to the logger
 ``numpy_amaml.omniglot`` at INFO level.
 """
+import errno
 import hashlib
 import http.client
 import io
@@ -74,6 +75,10 @@ class OmniglotFormatError(OmniglotError, ValueError):
 
 class OmniglotDownloadError(OmniglotError, OSError):
     """Downloading a zip failed."""
+
+
+class OmniglotPermissionError(OmniglotError, PermissionError):
+    """The data folder, a zip or a checksum file cannot be read, or the download folder written."""
 
 
 @dataclass
@@ -336,11 +341,21 @@ def read_cache(path, image_size):
 
 def write_cache(path, arrays):
     """Save ``arrays`` as one compressed .npz, atomically; first delete what an interrupted
-    earlier write (``kill -9``) may have left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, path.name)
-    with atomic_write(path) as f:
-        np.savez_compressed(f, **arrays)
+    earlier write (``kill -9``) may have left behind. A cache folder that cannot be written
+    (no permission, a read-only file system) only costs the cache: a warning, and the next
+    load decodes the zips again. Returns whether the cache was written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+        with atomic_write(path) as f:
+            np.savez_compressed(f, **arrays)
+    except OSError as err:
+        if not isinstance(err, PermissionError) and err.errno != errno.EROFS:
+            raise
+        log.warning("Omniglot cache not written: cannot write in %s (%s); every run will decode the zips "
+                    "again (a few seconds)", path.parent, err.strerror or err)
+        return False
+    return True
 
 
 def load_omniglot(data_dir=None, cache_dir=None, image_size=28, download=True, progress=True):
@@ -364,27 +379,38 @@ def load_omniglot(data_dir=None, cache_dir=None, image_size=28, download=True, p
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     folder, how = resolve_data_dir(data_dir, cache_dir)
     log.info("Omniglot source: %s (%s)", folder, how)
-    if not folder.is_dir() and folder != cache_dir:
-        raise OmniglotNotFoundError(
-            f"Omniglot folder {folder} (from the {how}) does not exist; it should hold "
-            f"{' and '.join(ZIP_NAMES)}")
-    expected, checksum_source = expected_checksums(folder)
-    cache_path = cache_dir / cache_file_name(image_size, expected)
-    zips_present = _has_zips(folder)
-    if zips_present:        # always (about 20 ms): a replaced or damaged zip is noticed even with a cache
-        verify_zips(folder, expected, checksum_source)
-    arrays = read_cache(cache_path, image_size)
-    from_cache = arrays is not None
-    if from_cache:
-        log.info("Omniglot cache read: %s", cache_path)
-    else:
-        if not zips_present:
-            if download and folder == cache_dir:
-                download_omniglot(folder, progress)
+    try:
+        if not folder.is_dir() and folder != cache_dir:
+            raise OmniglotNotFoundError(
+                f"Omniglot folder {folder} (from the {how}) does not exist; it should hold "
+                f"{' and '.join(ZIP_NAMES)}")
+        expected, checksum_source = expected_checksums(folder)
+        cache_path = cache_dir / cache_file_name(image_size, expected)
+        zips_present = _has_zips(folder)
+        if zips_present:        # always (about 20 ms): a replaced or damaged zip is noticed even with a cache
             verify_zips(folder, expected, checksum_source)
-        log.info("Omniglot zips match the %s; decoding", checksum_source)
-        arrays = decode_omniglot(folder, image_size, progress)
-        write_cache(cache_path, arrays)
+        arrays = read_cache(cache_path, image_size)
+        from_cache = arrays is not None
+        if from_cache:
+            log.info("Omniglot cache read: %s", cache_path)
+        else:
+            if not zips_present:
+                if download and folder == cache_dir:
+                    try:
+                        download_omniglot(folder, progress)
+                    except PermissionError:
+                        raise OmniglotPermissionError(f"cannot download into {folder}: permission denied; "
+                                                      f"pass --data-dir or {ENV_VAR}") from None
+                verify_zips(folder, expected, checksum_source)
+            log.info("Omniglot zips match the %s; decoding", checksum_source)
+            arrays = decode_omniglot(folder, image_size, progress)
+    except OmniglotError:
+        raise
+    except PermissionError as err:      # an unreadable folder, zip or checksum file
+        raise OmniglotPermissionError(f"cannot read {err.filename or folder}: permission denied; make it "
+                                      f"readable (chmod) or point --data-dir / {ENV_VAR} at a readable copy "
+                                      f"of the zips") from None
+    if not from_cache and write_cache(cache_path, arrays):
         log.info("Omniglot cache written: %s", cache_path)
     return OmniglotData(images=arrays["images"].astype(np.float32) / np.float32(255),
                         alphabets=arrays["alphabets"], characters=arrays["characters"],

@@ -46,9 +46,14 @@ def update_rate_normalized(rate, cosine, hyper_lr, floor):
     ``cosine`` ∈ [−1, 1] is minus the normalized hypergradient (cos_α or cos_β), so the
     rate grows when the two vectors of its hypergradient agree. The factor lies in
     [e^{−hyper_lr}, e^{hyper_lr}]: the rate stays positive and hyper_lr is the largest
-    change of log(rate) per iteration. The floor only bounds a long decline.
+    change of log(rate) per iteration. The floor only bounds a long decline. A factor too
+    large for a float (hyper_lr · cosine > ~709) gives an infinite rate, which the learner
+    reports as a divergence, like any other rate that is not finite.
     """
-    new = rate * math.exp(hyper_lr * cosine)
+    try:
+        new = rate * math.exp(hyper_lr * cosine)
+    except OverflowError:
+        return math.inf, False
     if new < floor:
         return floor, True
     return new, False

@@ -15,17 +15,26 @@ half of a two-core machine idles through every ReLU, batch norm and im2col copy.
 BLAS must then run single-threaded inside the threads: T threads that each start T
 BLAS threads oversubscribe the cores (max-pool Omniglot CNN, 2 cores: 1.55 s per
 meta-iteration, against 0.70 s with one BLAS thread each, and 1.0 s with no split
-and two BLAS threads). ``threadpoolctl`` sets that limit for the duration of a split.
+and two BLAS threads). ``threadpoolctl`` sets that limit for the duration of each
+computation over the task axis, on every path, T = 1 included: T is the number of
+cores that computation uses, BLAS's threads included (``one_blas_thread``: where BLAS already
+runs on one thread, as under OPENBLAS_NUM_THREADS=1, that costs one query, about a µs).
 
 Each task's numbers do not depend on the split (every per-task matmul is the same
-BLAS call on the same data), so T changes the speed, not the results; the tests
-check that, bit for bit. Settings, like the backend's: ``set_threads(T)``, or the
-environment variable ``NUMPY_AMAML_THREADS``; default 1 (the commands choose their
-own, ``default_threads``). Small problems (the sinusoid MLP's
-arrays of a few hundred numbers) are faster with T = 1, because there the Python
-overhead, which threads cannot share, dominates. On CuPy the GPU is already
+single-threaded BLAS call on the same data), so T changes the speed, not the results;
+the tests check that, bit for bit, on a model large enough for BLAS to use threads.
+(With several BLAS threads the numbers could change: OpenBLAS splits a long dot
+product over its threads, which changes the order of its sum; in float64 ∂J/∂α of
+MAML's 64-channel CNN moved by 4e-16 between one thread with two BLAS threads and
+two threads with one each, before T = 1 was limited too.)
+
+Settings, like the backend's: ``set_threads(T)``, or the environment variable
+``NUMPY_AMAML_THREADS``; default 1 (the commands choose their own, ``default_threads``).
+Small problems (the sinusoid MLP's arrays of a few hundred numbers) are faster with
+T = 1, because there the Python overhead, which threads cannot share, dominates. On CuPy the GPU is already
 parallel: the split is skipped whatever T is.
 """
+import contextlib
 import contextvars
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +43,7 @@ from threadpoolctl import ThreadpoolController
 
 from numpy_amaml.backend import backend_name, xp
 
-_state = {"threads": None, "pool": None, "pool_size": 0, "blas": None}
+_state = {"threads": None, "pool": None, "pool_size": 0, "blas": None}   # blas: threadpoolctl's controllers
 _inside_slice = contextvars.ContextVar("numpy_amaml_inside_slice", default=False)
 
 
@@ -58,7 +67,8 @@ def threads():
 
 def default_threads(task):
     """The ``train``, ``evaluate`` and ``bench`` default for a task: every core for the
-    Omniglot CNN (2 cores: 0.70 s per meta-iteration with 2 threads, 1.0 s with 1),
+    Omniglot CNN (2 cores: 0.70 s per meta-iteration with 2 threads, 1.0 s with 1 thread and
+    two BLAS threads, measured before T = 1 was limited to one BLAS thread too),
     one thread for the sinusoid MLP, whose arrays are so small that one is faster.
     Threads change the speed, never the numbers, so a run's config does not record them."""
     return (os.cpu_count() or 1) if task == "omniglot" else 1
@@ -81,8 +91,10 @@ def _take(a, s):
 
 def join_tasks(parts):
     """Concatenate per-slice results along the task axis (arrays, dicts of arrays, and
-    tuples or lists of these)."""
+    tuples or lists of these; None stays None)."""
     first = parts[0]
+    if first is None:
+        return None
     if isinstance(first, (tuple, list)):
         return type(first)(join_tasks([p[i] for p in parts]) for i in range(len(first)))
     if isinstance(first, dict):
@@ -95,24 +107,45 @@ def _run_slice(fn, *args):
     return fn(*args)
 
 
+@contextlib.contextmanager
+def one_blas_thread():
+    """Every BLAS library limited to one thread inside the block, and restored after it
+    (threadpoolctl's controllers; only those not already at one thread are changed)."""
+    if _state["blas"] is None:
+        _state["blas"] = ThreadpoolController().select(user_api="blas").lib_controllers
+    changed = [(library, library.num_threads) for library in _state["blas"] if library.num_threads != 1]
+    for library, _ in changed:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library, before in changed:
+            library.set_num_threads(before)
+
+
 def over_tasks(fn, B, *args):
-    """fn(*args), computed over the task axis in ``threads()`` slices at once.
+    """fn(*args), computed over the task axis in ``threads()`` slices at once, each with
+    single-threaded BLAS.
 
     B: the number of tasks; args: arrays or dicts of arrays (or None), each with
     the task axis (B, ...) first. fn returns an array, a dict of arrays, or a tuple
-    or list of these, each with the task axis first. With one thread, on CuPy, when B < 2, or inside a slice
-    (a split does not split again), this is just fn(*args). Each slice runs in a
-    copy of the caller's context, so ``numpy.errstate`` holds in the threads too.
+    or list of these, each with the task axis first. With one thread or when B < 2 this
+    is fn(*args) on the calling thread (BLAS still limited to one thread); on CuPy, or
+    inside a slice (a split does not split or limit again), it is just fn(*args). Each
+    slice runs in a copy of the caller's context, so ``numpy.errstate`` holds in the
+    threads too.
     """
-    n = min(threads(), B)
-    if n == 1 or backend_name() != "numpy" or _inside_slice.get():
+    if backend_name() != "numpy" or _inside_slice.get():
         return fn(*args)
-    if _state["pool_size"] < n:                      # made once, replaced if T grows
-        if _state["pool"] is not None:
-            _state["pool"].shutdown(wait=False)
-        _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numpy_amaml")
-        _state["pool_size"], _state["blas"] = n, ThreadpoolController()
-    with _state["blas"].limit(limits=1, user_api="blas"):
+    n = min(threads(), B)
+    with one_blas_thread():
+        if n == 1:
+            return contextvars.copy_context().run(_run_slice, fn, *args)
+        if _state["pool_size"] < n:                      # made once, replaced if T grows
+            if _state["pool"] is not None:
+                _state["pool"].shutdown(wait=False)
+            _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numpy_amaml")
+            _state["pool_size"] = n
         futures = [_state["pool"].submit(contextvars.copy_context().run, _run_slice, fn,
                                          *(_take(a, s) for a in args))
                    for s in task_slices(B, n)]

@@ -1,7 +1,8 @@
 """Training figures, written as PNG files into a run folder.
 
     plot_losses(records, path)        pre- vs post-update query loss (and the support loss)
-    plot_rates(records, path)         α and β over the iterations (log scale once they span 10×)
+    plot_rates(records, path)         α and β over the iterations (log scale once they span 10×); a
+                                      learned α (Meta-SGD, LSLR) per tensor: mean, min–max band
     plot_accuracy(records, path)      Omniglot: train accuracy pre/post update, validation accuracy
     plot_sinusoid_fits(...)           MAML's Figure 2: a few test tasks, the true curve, the K
                                       support points, the prediction before and after 1 and 10 steps
@@ -12,10 +13,12 @@ pyplot: no display is needed, and a notebook's own plotting backend is left alon
 """
 import math
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
 from numpy_amaml.backend import asarray, to_numpy
+from numpy_amaml.learned_rates import learned
 from numpy_amaml.maml import adaptation_path
 from numpy_amaml.sinusoid import X_RANGE, SinusoidTasks, sine
 from numpy_amaml.validation import NonFiniteError
@@ -70,9 +73,9 @@ def plot_losses(records, path, title=""):
 
 
 def _rate_scale(ax, values, name):
-    """Log scale when the rate has spanned more than a factor of 10, else a plain linear axis."""
-    values = [v for v in values if v > 0]
-    if values and max(values) > 10 * min(values):
+    """Log scale when the rate has spanned more than a factor of 10 (and never crossed zero: a
+    learned α may), else a plain linear axis."""
+    if values and min(values) > 0 and max(values) > 10 * min(values):
         ax.set_yscale("log")
         name += " (log scale)"
     else:
@@ -82,14 +85,28 @@ def _rate_scale(ax, values, name):
 
 def plot_rates(records, path, title=""):
     """α (one line per tensor when α is per tensor) and β over the iterations; log scale
-    when a rate has moved by more than a factor of 10. Where the run logged the curvature
+    when a rate has moved by more than a factor of 10. A learned α (records with alpha_mean,
+    alpha_min, alpha_max: Meta-SGD, LSLR) is drawn per tensor, its mean as a line and its
+    range (over the tensor's entries, or its steps) as a band. Where the run logged the curvature
     (``lambda_max``), the α panel also shows 2/λ_max, the largest stable inner rate of a
     quadratic (docs/method.md §11); iterations where a rate was clamped to its floor are
     marked ×."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_alpha, ax_beta = fig.subplots(1, 2)
     its, alphas = _series(records, "alpha")
-    if alphas and isinstance(alphas[0], dict):
+    alpha_title = "inner rate α"
+    learned_its, means = _series(records, "alpha_mean")
+    if means:
+        lows, highs = _series(records, "alpha_min")[1], _series(records, "alpha_max")[1]
+        colors = matplotlib.colormaps["tab20"]
+        for n, name in enumerate(means[0]):
+            color = colors(n % 20)
+            ax_alpha.plot(learned_its, [m[name] for m in means], label=name, color=color, linewidth=1.2)
+            ax_alpha.fill_between(learned_its, [low[name] for low in lows], [high[name] for high in highs],
+                                  color=color, alpha=0.15, linewidth=0)
+        alpha_values = [v for row in lows + highs for v in row.values()]
+        alpha_title = "learned α per tensor: mean, band min–max"
+    elif alphas and isinstance(alphas[0], dict):
         for name in alphas[0]:
             ax_alpha.plot(its, [a[name] for a in alphas], label=name, linewidth=1.4)
         alpha_values = [v for a in alphas for v in a.values()]
@@ -107,12 +124,13 @@ def plot_rates(records, path, title=""):
         clamped = _clamp_points(records, key)
         if clamped:
             ax.plot(*zip(*clamped), "x", color="tab:red", markersize=8, label="clamped to the floor")
-    for ax, values, name in ((ax_alpha, alpha_values, "inner rate α"), (ax_beta, betas, "meta rate β")):
+    for ax, values, name in ((ax_alpha, alpha_values, alpha_title), (ax_beta, betas, "meta rate β")):
         _rate_scale(ax, values, name)
         ax.set_xlabel("meta-iteration")
         ax.grid(True, which="both", alpha=0.3)
         if len(ax.get_lines()) > 1:
-            ax.legend(fontsize="small")
+            ax.legend(fontsize="small" if len(ax.get_lines()) <= 8 else "x-small",
+                      ncol=1 if len(ax.get_lines()) <= 8 else 2)
     if title:
         fig.suptitle(title)
     _save(fig, path)
@@ -199,7 +217,9 @@ def plot_sinusoid_fits(model, theta, alpha, path, shots=10, steps=(1, 10), num_t
         ax.set_xlim(*X_RANGE)
         ax.grid(True, alpha=0.3)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=5)
-    alpha_text = "per-tensor α" if isinstance(alpha, dict) else f"α = {alpha:.3g}"
+    alpha_text = (f"α = {alpha:.3g}" if not isinstance(alpha, (dict, list, tuple)) else
+                  "per-tensor and per-step α" if isinstance(alpha, (list, tuple)) else
+                  "per-parameter α" if learned(alpha) else "per-tensor α")
     fig.suptitle(f"{title + ': ' if title else ''}adaptation to new tasks ({alpha_text})")
     _save(fig, path)
     return note

@@ -3,6 +3,7 @@
     plot_heatmaps       grid cells: final metric over (α₀, β₀), one panel per method; boxed and
                         bold where every seed converged, × where runs diverged
     plot_trajectories   α(t) and β(t) of a few Alpha MAML cells, read from their metrics.jsonl
+                        (and α(t) of Meta-SGD / LSLR cells: the mean over tensors of their learned α)
     plot_hyper          1-D cells: final metric and final α or β against γ_α and γ_β
 
 ``rows`` are the dicts of ``sweep_results.table``. Like numpy_amaml.plots, these use
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from numpy_amaml.config import METHOD_LABELS, METHODS
+from numpy_amaml.learned_rates import LEARNED_RATE_METHODS
 from numpy_amaml.run_folder import read_metrics
 from numpy_amaml.sweep import CELLS_DIR, Cell
 
@@ -112,16 +114,22 @@ def _cell_name(row):
 
 def trajectory_lines(rows):
     """(α-panel rows, β-panel rows, how they were chosen) for the trajectory figure: in grid mode,
-    the Alpha MAML runs (first seed) from the corners and the centre of the grid; in the 1-D mode,
-    the γ_α runs in the α panel and the γ_β runs in the β panel (first seed, every starting point)."""
+    the Alpha MAML runs (first seed) from the corners and the centre of the grid, and in the α panel
+    also the Meta-SGD and LSLR runs from there (the mean over tensors of their learned α; their β
+    is fixed); in the 1-D mode, the γ_α runs in the α panel and the γ_β runs in the β panel (first
+    seed, every starting point)."""
     seed = min(r["seed"] for r in rows)
-    grid = [r for r in rows if r["sweep"] == "grid" and r["method"] == "alpha-maml" and r["seed"] == seed]
+    moving = ("alpha-maml",) + LEARNED_RATE_METHODS          # the methods whose α moves
+    grid = [r for r in rows if r["sweep"] == "grid" and r["method"] in moving and r["seed"] == seed]
     if grid:
         alphas, betas = sorted({r["alpha0"] for r in grid}), sorted({r["beta0"] for r in grid})
         picks = [(alphas[i], betas[j]) for i in (0, len(alphas) // 2, -1) for j in (0, len(betas) // 2, -1)
                  if (i == len(alphas) // 2) == (j == len(betas) // 2)]
-        chosen = [r for p in dict.fromkeys(picks) for r in grid if (r["alpha0"], r["beta0"]) == p]
-        return chosen, chosen, "Alpha MAML from the corners and the centre of the grid"
+        chosen = [r for m in moving for p in dict.fromkeys(picks) for r in grid
+                  if r["method"] == m and (r["alpha0"], r["beta0"]) == p]
+        shown = ", ".join(METHOD_LABELS[m] for m in moving if any(r["method"] == m for r in chosen))
+        return (chosen, [r for r in chosen if r["method"] == "alpha-maml"],
+                f"{shown} from the corners and the centre of the grid (a learned α: its mean over tensors)")
     pick = lambda kind: [r for r in rows if r["sweep"] == kind and r["seed"] == seed]
     return pick("gamma_alpha"), pick("gamma_beta"), f"Alpha MAML, seed {seed}, one line style per starting point"
 
@@ -139,13 +147,19 @@ def plot_trajectories(rows, out, path, title):
     for ax, panel_rows, key in ((ax_alpha, alpha_rows, "alpha"), (ax_beta, beta_rows, "beta")):
         starts = list(dict.fromkeys((r["alpha0"], r["beta0"]) for r in panel_rows))
         gammas = sorted({r["gamma_" + key] for r in panel_rows if r["sweep"] != "grid"})
+        positive = True                                      # a learned α's mean may cross zero
         for n, row in enumerate(panel_rows):
             its, alphas, betas = _trajectory(out, row)
             values = alphas if key == "alpha" else betas
             if not values:
                 continue
+            positive = positive and min(values) > 0
             label = f"α₀ {row['alpha0']:g}, β₀ {row['beta0']:g}"
             color, style = colors[n % len(colors)], "-"
+            if row["method"] in LEARNED_RATE_METHODS:       # beside Alpha MAML's line from the same start
+                label = f"{METHOD_LABELS[row['method']]}, mean α; " + label
+                color = colors[starts.index((row["alpha0"], row["beta0"])) % len(colors)]
+                style = "--" if row["method"] == "meta-sgd" else "-."
             if row["sweep"] != "grid":
                 gamma = row["gamma_" + key]
                 label = f"γ_{'α' if key == 'alpha' else 'β'} = {gamma:g}; " + label
@@ -157,9 +171,16 @@ def plot_trajectories(rows, out, path, title):
             ax.axhline(row[key + "0"], color="gray", linestyle=":", linewidth=0.8)
             if row["diverged"] and its:
                 ax.plot(its[-1], values[-1], "x", color=color, markersize=9, markeredgewidth=2)
-        ax.set_yscale("log")
         ax.set_xlabel("meta-iteration")
-        ax.set_title(f"{'inner rate α' if key == 'alpha' else 'meta rate β'} (log scale; dotted: the start)")
+        if not panel_rows:                 # a grid of learned-α methods only: no β moves
+            ax.set_title("meta rate β")
+            ax.text(0.5, 0.5, "β is fixed at β₀ in these runs\n(Meta-SGD and LSLR do not move it)",
+                    ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([]), ax.set_yticks([])
+            continue
+        ax.set_yscale("log" if positive else "symlog", **({} if positive else {"linthresh": 1e-3}))
+        ax.set_title(f"{'inner rate α' if key == 'alpha' else 'meta rate β'} "
+                     f"({'log' if positive else 'symmetric log'} scale; dotted: the start)")
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)

@@ -22,9 +22,10 @@ from pathlib import Path
 from numpy_amaml import sweep_plots
 from numpy_amaml.config import METHOD_LABELS, resolve_config
 from numpy_amaml.files import write_text
-from numpy_amaml.sweep import Cell, eval_steps, train_options
+from numpy_amaml.sweep import Cell, eval_steps, rate_text, train_options
 
 CSV_FILE, SUMMARY_FILE = "results.csv", "summary.txt"
+CELL_COLUMNS = ("alpha0", "beta0", "gamma_alpha", "gamma_beta")   # written with every digit they need
 HEATMAP_FIGURE, TRAJECTORY_FIGURE, HYPER_FIGURE = "heatmap.png", "trajectories.png", "hyper_lr.png"
 
 
@@ -103,11 +104,13 @@ def table(results, task, mse_ratio, accuracy_gap):
     return rows, columns, threshold
 
 
-def _csv_value(value):
+def _csv_value(value, exact=False):
+    """A CSV field: floats with 6 significant digits, or (``exact``: a cell's rates) as in its
+    name (numpy_amaml.sweep.rate_text), so that distinct cells never print alike."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return rate_text(value) if exact else f"{value:.6g}"
     return str(value)
 
 
@@ -117,7 +120,7 @@ def write_csv(path, rows, columns, header_lines):
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_csv_value(row.get(c)) for c in columns])
+        writer.writerow([_csv_value(row.get(c), c in CELL_COLUMNS) for c in columns])
     write_text(path, lines + buffer.getvalue())
 
 
@@ -142,7 +145,7 @@ def summarize(rows, settings, threshold, rule):
             key = "MAML (reference, same starting points)"
         else:
             gamma = row["gamma_alpha"] if row["sweep"] == "gamma_alpha" else row["gamma_beta"]
-            key = f"Alpha MAML, {'γ_α' if row['sweep'] == 'gamma_alpha' else 'γ_β'} = {gamma:g}"
+            key = f"Alpha MAML, {'γ_α' if row['sweep'] == 'gamma_alpha' else 'γ_β'} = {rate_text(gamma)}"
         groups.setdefault(key, []).append(row)
     for key, group in groups.items():
         done = sum(r["converged"] for r in group)

@@ -15,8 +15,9 @@ overflows) is left out and said once; and figures are redrawn at a checkpoint on
 that keeps them within ``FIGURE_SHARE`` of the training time (and always at the end).
 """
 import json
+import signal
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -26,8 +27,10 @@ from numpy_amaml.alpha_maml import AlphaMAML, TrainingDiverged
 from numpy_amaml.backend import float_dtype, set_dtype
 from numpy_amaml.config import RESUMABLE, ConfigError, flag, resolve_config, validate_config
 from numpy_amaml.curvature import largest_eigenvalue
+from numpy_amaml.learned_rates import LEARNED_RATE_METHODS, LearnedRates, alpha_statistics, initial_alpha
+from numpy_amaml.memory import bytes_per_task, check_memory
 from numpy_amaml.optim import OPTIMIZERS
-from numpy_amaml.run_folder import METRICS_FILE, RunFolder, load_run, read_metrics
+from numpy_amaml.run_folder import METRICS_FILE, RunFolder, load_run, quoted, read_metrics, with_data_dir
 from numpy_amaml.tasks import make_task, seed_streams
 from numpy_amaml.validation import NonFiniteError
 
@@ -38,12 +41,23 @@ CURVATURE_TASKS = 4       # λ_max is the mean over this many tasks of the meta-
 
 
 class TrainingStopped(RuntimeError):
-    """Training stopped before its last iteration for a reason other than divergence: Ctrl-C
-    (``interrupted``) or a file that could not be written. The message says what is saved."""
+    """Training stopped before its last iteration for a reason other than divergence: a signal
+    (``signum``: SIGINT for Ctrl-C, or SIGTERM), a file that could not be written, or memory
+    that ran out. The message says what is saved."""
 
-    def __init__(self, message, interrupted=False):
+    def __init__(self, message, signum=None):
         super().__init__(message)
-        self.interrupted = interrupted
+        self.signum = signum
+
+    @property
+    def interrupted(self):
+        return self.signum is not None
+
+
+def signal_of(interrupt):
+    """The signal behind a KeyboardInterrupt: its ``signum`` when the command line raised it
+    for SIGTERM (numpy_amaml.cli), else SIGINT (Ctrl-C)."""
+    return getattr(interrupt, "signum", signal.SIGINT)
 
 
 class Trainer:
@@ -54,12 +68,16 @@ class Trainer:
         self.seeds = seed_streams(config.seed)
         self.task = make_task(config, self.seeds, progress)
         theta = self.task.model.init_params(self.seeds["init"])
-        alpha = {name: config.alpha for name in theta} if config.per_layer_alpha else config.alpha
+        alpha = initial_alpha(config, self.task.model.param_shapes)
         optimizer = OPTIMIZERS[config.optimizer](config.beta, hyper_lr=config.beta_hyper_lr,
                                                  hyper_rule=config.hyper_rule)
-        self.learner = AlphaMAML(self.task.model, theta, alpha, optimizer, inner_steps=config.inner_steps,
-                                 first_order=config.first_order, alpha_hyper_lr=config.alpha_hyper_lr,
-                                 hyper_rule=config.hyper_rule)
+        if config.method in LEARNED_RATE_METHODS:      # Meta-SGD, LSLR: α learned with θ
+            self.learner = LearnedRates(self.task.model, theta, alpha, optimizer, inner_steps=config.inner_steps,
+                                        first_order=config.first_order)
+        else:
+            self.learner = AlphaMAML(self.task.model, theta, alpha, optimizer, inner_steps=config.inner_steps,
+                                     first_order=config.first_order, alpha_hyper_lr=config.alpha_hyper_lr,
+                                     hyper_rule=config.hyper_rule)
         self.records, self.notes = [], []
         self.elapsed = self.figure_seconds = 0.0       # time training / drawing figures
         self.last_figure_seconds = FIRST_FIGURES_SECONDS
@@ -72,7 +90,8 @@ class Trainer:
 
     def state_dict(self):
         """Everything needed to continue exactly (saved in checkpoint.npz)."""
-        return {**self.learner.state_dict(), "sampler_state": self.task.get_state(), "elapsed_s": self.elapsed}
+        return {**self.learner.state_dict(), "sampler_state": self.task.get_state(), "elapsed_s": self.elapsed,
+                "config": asdict(self.config)}      # what it was trained with (run_folder.check_trained_config)
 
     def load_state_dict(self, state):
         self.learner.load_state_dict(state)
@@ -86,7 +105,7 @@ class Trainer:
             return (f"no checkpoint was saved yet (every {self.config.checkpoint_every} iterations): "
                     f"the same command starts the run afresh")
         return (f"the checkpoint of iteration {self.checkpoint_iteration} is intact: continue with "
-                f"python -m numpy_amaml train --resume {self.folder.path}")
+                f"python -m numpy_amaml train --resume {quoted(self.folder.path)}")
 
     def note(self, text):
         """Say something once, above the progress bar."""
@@ -151,12 +170,13 @@ class Trainer:
 
     def record(self, step, extra):
         """One metrics.jsonl line. Losses and accuracies are measured at the θ the iteration
-        started from (pre: at θ; post: at φ_K, adapted from θ); α, β are the values after it."""
+        started from (pre: at θ; post: at φ_K, adapted from θ); α, β are the values after it
+        (a learned α: its mean, and per tensor mean, min, max; learned_rates.alpha_statistics)."""
         keys = ("alpha", "beta", "h_alpha", "h_beta", "grad_norm", "alpha_clamps", "beta_clamps")
         return {"iteration": step["iteration"], **extra, "support_loss_pre": step["support_loss"],
                 "query_loss_post": step["query_loss"], **{k: step[k] for k in keys},
                 **{k: step[k] for k in ("cos_alpha", "cos_beta") if k in step},
-                "elapsed_s": round(self.elapsed, 3)}
+                **alpha_statistics(self.learner.alpha), "elapsed_s": round(self.elapsed, 3)}
 
     def checkpoint(self, folder, final=False):
         """Save the state atomically, then redraw the figures if they are within their budget."""
@@ -202,29 +222,37 @@ def prepare(options, out=None, resume=None):
     if resume is None:
         config = resolve_config(overrides)
         return config, RunFolder.for_new_run(out, config), [], None, []
-    stored, _, state = load_run(resume)
-    changed = {name: value for name, value in overrides.items() if value != getattr(stored, name)}
-    fixed = sorted(set(changed) - set(RESUMABLE))
-    if fixed:
-        details = ", ".join(f"{flag(n)} {changed[n]!r} (run has {getattr(stored, n)!r})" for n in fixed)
-        raise ConfigError(f"--resume {resume}: cannot change {details}; only "
-                          f"{', '.join(map(flag, RESUMABLE))} may differ from the stored run")
-    config = replace(stored, **changed)
-    validate_config(config)
-    if state["iteration"] >= config.iterations:
-        raise ConfigError(f"--resume {resume}: the run is already at iteration {state['iteration']} of "
-                          f"{config.iterations}; pass a larger --iterations to continue it")
-    notes = []
-    records = read_metrics(resume, up_to=state["iteration"], notes=notes)
-    return config, RunFolder(resume), records, state, notes
+    folder = RunFolder.for_resume(resume)          # locked: no other process writes it now
+    try:
+        stored, _, state = load_run(resume)
+        changed = {name: value for name, value in overrides.items() if value != getattr(stored, name)}
+        fixed = sorted(set(changed) - set(RESUMABLE))
+        if fixed:
+            details = ", ".join(f"{flag(n)} {changed[n]!r} (run has {getattr(stored, n)!r})" for n in fixed)
+            raise ConfigError(f"--resume {resume}: cannot change {details}; only "
+                              f"{', '.join(map(flag, RESUMABLE))} may differ from the stored run")
+        config = replace(stored, **changed)
+        if "data_dir" not in changed:
+            config = with_data_dir(config, None, resume)
+        validate_config(config)
+        if state["iteration"] >= config.iterations:
+            raise ConfigError(f"--resume {resume}: the run is already at iteration {state['iteration']} of "
+                              f"{config.iterations}; pass a larger --iterations to continue it")
+        notes = []
+        records = read_metrics(resume, up_to=state["iteration"], notes=notes)
+    except BaseException:
+        folder.release()
+        raise
+    return config, folder, records, state, notes
 
 
 def train(options, out=None, resume=None, progress=True, threads=None, figures=True):
     """Run (or resume) training; returns the Trainer. ``options``: TrainConfig fields as a dict
     (None = default); ``threads``: CPU threads for the task axis (None: ``parallel.default_threads``);
     ``figures``: draw the PNG figures. The run folder is written only once the run can start
-    (data loaded, model built, everything checked). The active float dtype and thread count are
-    set for the run and restored afterwards."""
+    (data loaded, model built, memory checked, everything checked). The run folder is locked
+    for the whole call. The active float dtype and thread count are set for the run and
+    restored afterwards."""
     started = time.perf_counter()
     config, folder, records, state, notes = prepare(options, out, resume)
     previous_dtype, previous_threads = float_dtype(), parallel.threads()
@@ -235,6 +263,8 @@ def train(options, out=None, resume=None, progress=True, threads=None, figures=T
             trainer = Trainer(config, progress, figures)
         except ValueError as err:           # e.g. more ways than the split has classes
             raise ConfigError(str(err)) from None
+        check_memory(config.meta_batch, bytes_per_task(config, trainer.task.model),
+                     f"--meta-batch {config.meta_batch}")
         for text in notes:
             trainer.note(text)
         if state is not None:
@@ -253,11 +283,17 @@ def train(options, out=None, resume=None, progress=True, threads=None, figures=T
         except OSError as err:          # a full disk, a folder made read-only or removed
             raise TrainingStopped(f"cannot write to {folder.path} at iteration {trainer.learner.iteration}: "
                                   f"{err.strerror or err}; {trainer.saved()}") from None
-        except KeyboardInterrupt:
-            raise TrainingStopped(f"interrupted at iteration {trainer.learner.iteration} of {config.iterations}; "
-                                  f"{trainer.saved()}", interrupted=True) from None
+        except MemoryError:
+            raise TrainingStopped(f"out of memory at iteration {trainer.learner.iteration}: try a smaller "
+                                  f"--meta-batch than {config.meta_batch}; {trainer.saved()}") from None
+        except KeyboardInterrupt as err:
+            signum = signal_of(err)
+            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            raise TrainingStopped(f"{what} at iteration {trainer.learner.iteration} of {config.iterations}; "
+                                  f"{trainer.saved()}", signum=signum) from None
         trainer.wall_seconds = time.perf_counter() - started
         return trainer
     finally:
+        folder.release()
         set_dtype(previous_dtype)
         parallel.set_threads(previous_threads)

@@ -5,8 +5,7 @@ every graded cell must fail (with NotImplementedError, while every other cell ru
 reference solutions back must make every graded cell pass; a "solution" that only calls the
 package's own implementation of the same thing must fail its graded cell. Every notebook asks at
 least two written questions (nbgrader's manually graded answer cells). The notebooks run in a real
-Jupyter kernel (nbclient), in quick mode. A curvature notebook 07 (someone else's) is checked by the
-generic tests only, whatever exercises it holds.
+Jupyter kernel (nbclient), in quick mode.
 """
 import json
 import os
@@ -31,19 +30,29 @@ EXERCISES = {
     "04_alpha_maml.ipynb": ["alpha_hypergradient_forward", "adam_beta_hypergradient"],
     "05_omniglot_few_shot.ipynb": [],
     "06_sensitivity.ipynb": [],
-    "08_cnn_second_order.ipynb": ["batchnorm_r_forward", "meta_gradient_k_steps"],
+    "07_curvature.ipynb": ["power_iteration"],
+    "08_cnn_second_order.ipynb": ["conv2d_input_grad", "conv2d_r_backward", "batchnorm_r_forward",
+                                  "batchnorm_r_backward", "meta_gradient_per_tensor"],
+    "09_learned_inner_rates.ipynb": ["lslr_alpha_gradient"],
 }
-OPTIONAL = "07_"             # a curvature notebook by someone else: generic checks only
 # For each exercise, a body that only calls the package's own implementation: its graded cell must fail.
 BYPASS = {
     "linear_backward": "return linear.backward(dy, cache)",
     "linear_r_backward": "return linear.r_backward(dy, Rdy, cache, rcache)",
     "softmax_ce_r_backward": "return softmax_ce.r_backward(Rlogits, cache)",
     "maml_meta_gradient_k1": "return maml.meta_gradient(model, theta, batch, alpha, inner_steps=1).grad",
-    "alpha_hypergradient_forward": "return maml.meta_gradient(model, theta, batch, alpha, K).dJ_dalpha",
+    "alpha_hypergradient_forward": "return maml.meta_gradient(model, theta, batch, alpha, K).dJ_dalpha, None",
     "adam_beta_hypergradient": "return opt.beta_hypergradient(g_t)",
+    "power_iteration": ("mu, _, _ = curvature._power_iteration(lambda u: {k: a[None] for k, a in hvp({k: a[0] for k, a "
+                        "in u.items()}).items()}, {k: a[None] for k, a in v.items()}, np.zeros(1), iterations, 0.0); "
+                        "return float(mu[0]), v"),
+    "conv2d_input_grad": "return conv2d.backward(dy, (conv2d.im2col(np.zeros(x_shape), stride), W, x_shape, stride))[0]",
+    "conv2d_r_backward": ("return conv2d.r_backward(dy, Rdy, (conv2d.im2col(x, stride), W, x.shape, stride), "
+                          "(None if Rx is None else conv2d.im2col(Rx, stride), RW))"),
     "batchnorm_r_forward": "return batchnorm.r_forward(params, x, Rparams, Rx, cache)[0]",
-    "meta_gradient_k_steps": "return maml.meta_gradient(model, theta, batch, alpha, K).grad",
+    "batchnorm_r_backward": "return batchnorm.r_backward(dy, Rdy, cache, batchnorm.r_forward(None, None, Rparams, Rx, cache)[1])",
+    "meta_gradient_per_tensor": "return maml.meta_gradient(model, theta, batch, alpha, K).grad",
+    "lslr_alpha_gradient": "return maml.meta_gradient(model, theta, batch, alpha, K).dJ_dalpha",
 }
 MIN_QUESTIONS = 2
 STUB_LINE = "raise NotImplementedError()"
@@ -52,9 +61,7 @@ NOTEBOOK_NAMES = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
 
 
 def expected_exercises(name):
-    """The exercise table's entry; for the optional notebook 07, whatever its source holds."""
-    if name.startswith(OPTIONAL):
-        return [n for _, n in assignments.graded_cells(assignments.read_notebook(TUTORIALS / name))]
+    """The exercise table's entry."""
     return EXERCISES[name]
 
 
@@ -124,7 +131,7 @@ def test_make_writes_every_notebook_and_prints_a_summary(made):
 
 
 def test_source_notebooks_hold_the_expected_exercises():
-    assert sorted(n for n in NOTEBOOK_NAMES if not n.startswith(OPTIONAL)) == sorted(EXERCISES)
+    assert NOTEBOOK_NAMES == sorted(EXERCISES)
     for name in NOTEBOOK_NAMES:
         nb = assignments.read_notebook(TUTORIALS / name)
         assert [n for _, n in assignments.graded_cells(nb)] == expected_exercises(name), name
@@ -304,10 +311,10 @@ def test_graded_cell_with_a_solution_and_duplicate_names_are_refused():
 
 def test_command_refuses_missing_source_and_overwriting_it(tmp_path, capsys):
     from numpy_amaml.cli import main
-    assert main(["assignments", "make", str(tmp_path / "out"), "--source", str(tmp_path / "nope")]) == 1
+    assert main(["assignments", "make", str(tmp_path / "out"), "--source", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assignments.write_notebook(notebook("x = 1"), tmp_path / "a.ipynb")
-    assert main(["assignments", "make", str(tmp_path), "--source", str(tmp_path)]) == 1
+    assert main(["assignments", "make", str(tmp_path), "--source", str(tmp_path)]) == 2
     assert "must differ" in capsys.readouterr().err
     assert (tmp_path / "a.ipynb").is_file()
 
@@ -352,3 +359,40 @@ def test_a_solution_cell_without_a_region_becomes_the_stub_as_a_whole():
     student, summary = assignments.student_notebook(nb, "toy.ipynb")
     assert assignments.cell_source(student["cells"][0]) == "# YOUR CODE HERE\nraise NotImplementedError()"
     assert summary.solutions_replaced == 1
+
+
+def test_make_never_overwrites_a_notebook_that_is_not_its_own(tmp_path, capsys):
+    """A second make into its own folder needs --force, which replaces only the notebooks make
+    wrote and nobody changed (their SHA-256 in .assignments.json); an edited notebook is
+    refused even with --force, and nothing is written. A folder make did not make is refused."""
+    from numpy_amaml.cli import main
+    source, out = tmp_path / "source", tmp_path / "student"
+    source.mkdir()
+    for name in ("a.ipynb", "b.ipynb"):
+        assignments.write_notebook(notebook("x = 1\n### BEGIN SOLUTION\ny = 2\n### END SOLUTION"), source / name)
+    make = ["assignments", "make", str(out), "--source", str(source)]
+    assert main(make) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".assignments.json", "a.ipynb", "b.ipynb"]
+    capsys.readouterr()
+
+    assert main(make) == 2
+    assert "already holds a.ipynb, b.ipynb; pass --force" in capsys.readouterr().err
+    assert main([*make, "--force"]) == 0                       # unchanged: replaced
+    capsys.readouterr()
+
+    edited = (out / "b.ipynb").read_text().replace("raise NotImplementedError()", "y = 2")
+    (out / "b.ipynb").write_text(edited)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*make, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "b.ipynb in" in err and "changed since `assignments make` wrote them" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    theirs = tmp_path / "course"
+    theirs.mkdir()
+    (theirs / "syllabus.md").write_text("week 1")
+    assert main(["assignments", "make", str(theirs), "--source", str(source)]) == 2
+    assert "is not empty and was not made by `assignments make` (it holds syllabus.md)" in capsys.readouterr().err
+    assert main(["assignments", "make", str(theirs), "--source", str(source), "--force"]) == 0
+    assert (theirs / "syllabus.md").read_text() == "week 1" and (theirs / "a.ipynb").is_file()

@@ -36,7 +36,10 @@ ARRAY_IMPORT_ALLOWED = {
     "tasks.py": "seed streams (numpy SeedSequence) and host-side accuracy means",
     "evaluation.py": "confidence intervals over per-task results on the host",
     "training.py": "training driver: numpy error state around the loop",
-    "curvature.py": "per-task scalars (B,) and the random start vector on the host; the HVPs run on the backend",
+    "curvature.py": "the random start vector is drawn by a numpy Generator on the host, and the result "
+                    "returned as a float64 host array; the power iteration runs on the backend",
+    "memory.py": "the itemsize of the config's dtype (np.dtype): no arrays",
+    "op_count.py": "NumPy instrumentation: counts the operations of NumPy arrays for bench --count-ops",
     "commands/gradcheck.py": "host-side random test inputs for the gradient-check table",
     "commands/bench.py": "benchmark script: timing tables on the host",
 }

@@ -1,10 +1,13 @@
 """The bench command runs and prints its table (its numbers are measured by running it,
-never asserted here: timings on a shared machine are not test material)."""
+never asserted here: timings on a shared machine are not test material); its operation
+counts (--count-ops) are exact and are checked."""
 import argparse
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
-from numpy_amaml import backend, parallel
+from numpy_amaml import backend, layers, op_count, parallel
 from numpy_amaml.commands import bench
 
 pytestmark = pytest.mark.skipif(backend.backend_name() != "numpy",
@@ -78,3 +81,61 @@ def test_cnn_flops_scale_with_the_layer_shapes():
     flops = [f for _, f in bench.layer_matmul_flops(model, 5)]
     assert flops == [2 * 5 * 14 * 14 * 9 * 1 * 64, 2 * 5 * 7 * 7 * 9 * 64 * 64, 2 * 5 * 4 * 4 * 9 * 64 * 64,
                      2 * 5 * 2 * 2 * 9 * 64 * 64, 2 * 5 * 64 * 5]
+
+
+# ---- --count-ops: array operations per meta-iteration (numpy_amaml.op_count) -----------------
+
+def test_counting_rules_on_small_examples():
+    """One operation per ufunc call, reduction, copy, fill and host→device copy; views and
+    xp.empty are free; einsum counts once whatever it calls inside; each host read counts apart;
+    everything is charged to the layer function (or library function) it runs in."""
+    with op_count.counting() as tally:
+        x = backend.asarray(np.arange(6.0).reshape(2, 3) - 2)             # host→device: 1
+        y, mask = layers.relu.forward({}, x)                               # maximum, greater: 2
+        views = (x.reshape(3, 2), backend.xp.swapaxes(x, 0, 1), x[:, 1:], backend.xp.broadcast_to(x, (4, 2, 3)))
+        scratch = backend.xp.empty((2, 3))                                 # an allocation: 0
+        scratch[...] = x                                                   # a copy: 1
+        scratch += y                                                       # in place: 1
+        column_sums = backend.xp.einsum("ij->j", x)                        # one reduction: 1
+        picked = x[:, [0, 2]]                                              # fancy indexing: 1
+        total = float(x.sum())                                             # a reduction: 1, a read: 1
+    assert all(isinstance(v, op_count.CountingArray) for v in views + (y, mask, column_sums, picked))
+    assert total == 3.0 and picked.shape == (2, 2)
+    assert tally.total() == 8
+    assert tally.by_place()["relu.forward"] == 2
+    assert dict(tally.by_kind()) == {"host→device": 1, "element-wise": 3, "copy/fill": 2, "reduction": 2}
+    assert sum(tally.host_reads.values()) == 1
+    assert backend.backend_name() == "numpy" and backend.array_module() is np    # restored afterwards
+
+
+def test_count_is_positive_and_the_same_every_iteration():
+    """Second order > first order > 0 for the sinusoid, with the same counts (per place and
+    kind) in two iterations in a row; a small max-pool CNN's count covers its layer functions."""
+    case = bench.CASES[0]
+    second = bench.count_case(case, iterations=2)
+    first = bench.count_case(replace(case, first_order=True))[0]
+    assert second[0].operations == second[1].operations and second[0].host_reads == second[1].host_reads
+    assert second[0].total() > first.total() > 0
+    assert second[0].by_place()["linear.r_backward"] > 0 and first.by_place()["linear.r_backward"] == 0
+    cnn = replace(bench.CASES[1], meta_batch=2)
+    tallies = bench.count_case(cnn, iterations=2)
+    assert tallies[0].operations == tallies[1].operations
+    places = tallies[0].by_place()
+    assert all(places[f"{m}.{f}"] > 0 for m in ("conv2d", "batchnorm", "relu", "maxpool")
+               for f in ("forward", "backward", "r_forward", "r_backward"))
+    assert places["optim.Adam.direction"] > 0 and tallies[0].total() == sum(places.values())
+    three_tasks = bench.count_case(replace(cnn, meta_batch=3))[0]
+    assert three_tasks.operations == tallies[0].operations     # on CuPy's path the batch is one chunk
+
+
+def test_count_ops_prints_the_table(capsys):
+    assert bench.run(bench_args("--count-ops", "--only", "sinusoid")) == 0
+    out = capsys.readouterr().out
+    rows = {line[:28].strip(): line[28:].split() for line in out.splitlines()[4:]}
+    second, first = (int(n) for n in rows["total"])
+    assert second == bench.count_case(bench.CASES[0])[0].total() and 0 < first < second
+    assert int(rows["linear.r_backward"][0]) > 0 and "host reads (host waits)" in rows
+
+
+def test_count_ops_only_that_matches_no_counted_model():
+    assert bench.run(bench_args("--count-ops", "--only", "1 thread")) == 2

@@ -6,8 +6,8 @@ column by column from HVPs with the unit vectors (tutorial 02 builds it the same
 import numpy as np
 import pytest
 
-from numpy_amaml import architectures
-from numpy_amaml.backend import asarray, to_numpy
+from numpy_amaml import architectures, op_count
+from numpy_amaml.backend import asarray, backend_name, to_numpy, xp
 from numpy_amaml.curvature import largest_eigenvalue
 from numpy_amaml.params import broadcast_to_tasks
 
@@ -39,7 +39,7 @@ def explicit_hessians(model, params, x, y):
 
 
 def per_task(params, B):
-    return {k: np.ascontiguousarray(v) for k, v in broadcast_to_tasks(params, B).items()}
+    return {k: xp.ascontiguousarray(v) for k, v in broadcast_to_tasks(params, B).items()}
 
 
 def test_largest_eigenvalue_matches_eigvalsh_of_the_explicit_hessian():
@@ -82,7 +82,7 @@ def test_batched_equals_one_task_at_a_time_and_shared_equals_per_task_params():
     model = architectures.sinusoid_mlp(hidden=(8, 8))
     theta, (x, y) = model.init_params(seed=1), sinusoid_data(B=5, seed=1)
     rng = np.random.default_rng(2)
-    params = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in per_task(theta, 5).items()}
+    params = {k: v + 0.1 * asarray(rng.standard_normal(v.shape)) for k, v in per_task(theta, 5).items()}
     batched = largest_eigenvalue(model, params, x, y, iterations=300, tol=1e-13)
     singles = np.concatenate([largest_eigenvalue(model, {k: v[i:i + 1] for k, v in params.items()},
                                                  x[i:i + 1], y[i:i + 1], iterations=300, tol=1e-13)
@@ -100,3 +100,19 @@ def test_x_without_a_task_axis_is_refused():
     x, y = sinusoid_data(B=1)
     with pytest.raises(ValueError, match="task axis"):
         largest_eigenvalue(model, model.init_params(), x[0], y[0])
+
+
+@pytest.mark.skipif(backend_name() != "numpy", reason="numpy_amaml.op_count counts NumPy arrays")
+def test_the_host_reads_one_boolean_per_iteration():
+    """Every number of the power iteration stays on the backend: per iteration the host reads
+    only whether every task stopped, then once whether a second pass is needed, and once the
+    result (counted along the CuPy backend's code path by numpy_amaml.op_count)."""
+    iterations = 5
+    with op_count.counting() as tally:
+        model = architectures.sinusoid_mlp(hidden=(4,))
+        theta, (x, y) = model.init_params(seed=0), sinusoid_data(seed=0)
+        tally.reset()
+        lam = largest_eigenvalue(model, theta, x, y, iterations=iterations, tol=0.0)   # never settles early
+    reads = {where: n for where, n in tally.host_reads.items() if where.startswith("curvature.")}
+    assert reads == {"curvature._power_iteration": 2 * iterations, "curvature.largest_eigenvalue": 2}
+    assert isinstance(lam, np.ndarray) and not isinstance(lam, op_count.CountingArray) and lam.dtype == np.float64

@@ -1,13 +1,18 @@
 """Every user mistake and every accident gets one clear line, and no run folder is damaged.
 
-Each test reproduces a fault a user met (issue 12) and asserts three things: the exit status,
-a message of one line with no traceback, and the run folder byte-identical afterwards (or
-still resumable). Signals (Ctrl-C, ``kill -9``) and environment variables go through real
-subprocesses; the rest calls the command line's ``main`` in this process. A read-only folder
-and a full disk are simulated (the tests may run as root, who can write anywhere), by making
-the one function that writes files, ``files.atomic_write``, fail as the OS would.
+Each test reproduces a fault a user met (issues 12 and 20) and asserts three things: the exit
+status, a message of one line with no traceback, and the run folder byte-identical afterwards
+(or still resumable). Concurrency (two writers of one folder), signals (Ctrl-C and SIGTERM
+sent to the process group, as a terminal and a job manager send them; ``kill -9``) and
+environment variables go through real subprocesses; the rest calls the command line's
+``main`` in this process. A read-only folder, a full disk and unreadable files are simulated
+(the tests may run as root, who can read and write anywhere): ``fail_writes`` makes the one
+function that writes files, ``files.atomic_write``, fail as the OS would, and ``deny`` makes
+the OS calls that open, list or create files refuse as they would for an ordinary user.
 """
+import builtins
 import errno
+import io
 import json
 import os
 import shutil
@@ -15,14 +20,18 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from numpy_amaml import architectures, checkpoint, files, gradcheck, omniglot, set_dtype
+from numpy_amaml.alpha_maml import AlphaMAML
 from numpy_amaml.backend import float_dtype
 from numpy_amaml.cli import main
+from numpy_amaml.config import resolve_config
+from numpy_amaml.folder_lock import held_by
 from numpy_amaml.run_folder import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +107,7 @@ def test_resume_with_another_models_checkpoint_leaves_the_folder_untouched(run_c
     shutil.copy(tmp_path / "other" / "checkpoint.npz", run_copy / "checkpoint.npz")
     before = snapshot(run_copy)
     assert main(["train", "--resume", str(run_copy), "--iterations", "30", *QUIET]) == 2
-    assert "does not belong to this run's config" in one_line_error(capsys.readouterr().err)
+    assert "per_layer_alpha False (checkpoint: True)" in one_line_error(capsys.readouterr().err)
     assert snapshot(run_copy) == before
 
 
@@ -154,10 +163,13 @@ def test_a_run_that_cannot_start_creates_nothing(tmp_path, tiny_omniglot, capsys
 
 
 def test_a_run_stopped_before_its_first_checkpoint_is_started_again(tmp_path, capsys):
+    """What a start killed (kill -9) before the first checkpoint leaves: a complete config.json
+    (written atomically), metrics, and the .lock of a process that is gone."""
     out = tmp_path / "early"
     out.mkdir()
-    (out / "config.json").write_text("{}")                     # what a killed start would leave
-    (out / "metrics.jsonl").write_text("")
+    (out / "config.json").write_text(json.dumps(asdict(resolve_config({"iterations": 3}))))
+    (out / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    (out / ".lock").write_text("99999999 2024-01-01T00:00:00\n")
     assert train(out, "--iterations", 3) == 0
     assert read_metrics(out)[-1]["iteration"] == 3
 
@@ -359,3 +371,323 @@ def test_gradient_checks_refuse_integers_and_float32():
 def test_bench_options_are_checked(capsys, options, message):
     assert main(["bench", *options]) == 2
     assert message in one_line_error(capsys.readouterr().err)
+
+
+# ---- one writer per run folder (issue 20) ----------------------------------------------------------
+
+LONG = ["--iterations", 10**6, "--checkpoint-every", 20, *QUIET]
+
+
+def start(*args):
+    """``python -m numpy_amaml ARGS`` running in the background, in a process group of its own
+    (as a shell runs a job), its stdout and stderr captured."""
+    return subprocess.Popen([sys.executable, "-m", "numpy_amaml", *map(str, args)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def stop(process, signum):
+    """Send ``signum`` to the process's whole group, as a terminal sends Ctrl-C; its stderr lines."""
+    os.killpg(process.pid, signum)
+    _, err = process.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.strip()]
+
+
+def cpu_seconds(pid):
+    """CPU time a process has used (from /proc): past its imports once above a second."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_two_writers_of_one_run_folder(tmp_path):
+    """Two `train --out D` at once: the second is refused, naming the first (pid, start time),
+    and D keeps the first's config; evaluate reads D meanwhile. SIGTERM to the first's group
+    ends it with one line (exit 143). Then two `--resume D` at once: the second is refused; the
+    first is killed with kill -9, which leaves no stale lock: the next resume just works."""
+    out = tmp_path / "run"
+    first = start("train", "--out", out, *LONG)
+    wait_for(lambda: (out / "config.json").is_file())
+    config = (out / "config.json").read_bytes()
+    second = run_cli("train", "--out", out, "--method", "maml", "--iterations", 5, *QUIET)
+    assert second.returncode == 2
+    assert f"{out} is being written by another process (pid {first.pid}, started " in one_line_error(second.stderr)
+    wait_for(lambda: (out / "checkpoint.npz").is_file())
+    assert run_cli("evaluate", out, "--tasks", 4).returncode == 0          # a reader takes no lock
+    lines = stop(first, signal.SIGTERM)
+    assert first.returncode == 143 and len(lines) == 1, lines
+    assert lines[0].startswith("stopped by SIGTERM at iteration ") and f"--resume {out}" in lines[0]
+    assert (out / "config.json").read_bytes() == config and not (out / ".lock").exists()
+
+    resumed = start("train", "--resume", out, *QUIET)
+    wait_for(lambda: held_by(out) is not None)
+    again = run_cli("train", "--resume", out, *QUIET)
+    assert again.returncode == 2
+    assert f"(pid {resumed.pid}, started " in one_line_error(again.stderr)
+    stop(resumed, signal.SIGKILL)
+    assert held_by(out) is None
+    saved = checkpoint.load_checkpoint(out / "checkpoint.npz")["iteration"]
+    result = run_cli("train", "--resume", out, "--iterations", saved + 2, *QUIET)
+    assert result.returncode == 0, result.stderr
+    assert not (out / ".lock").exists()
+
+
+def test_a_readers_look_at_the_lock_does_not_turn_a_writer_away(tmp_path):
+    """held_by holds a shared lock for an instant; a writer trying at that moment waits for it
+    (folder_lock._lock_exclusive tries again) instead of being refused with a holder that isn't."""
+    import fcntl
+    import threading
+    from numpy_amaml.folder_lock import lock_folder
+    (tmp_path / ".lock").write_text("")
+    reader = open(tmp_path / ".lock")
+    fcntl.flock(reader.fileno(), fcntl.LOCK_SH)               # a reader's look, held for 30 ms
+    threading.Timer(0.03, reader.close).start()
+    lock = lock_folder(tmp_path)
+    assert held_by(tmp_path) is not None
+    lock.release()
+    assert held_by(tmp_path) is None and not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process's CPU time from /proc")
+@pytest.mark.parametrize("command", [["gradcheck"], ["bench", "--repeats", 1000],
+                                     ["evaluate", None, "--tasks", 10**5]])
+def test_ctrl_c_ends_every_command_in_one_line(finished_run, command):
+    command = [finished_run if word is None else word for word in command]
+    before = snapshot(finished_run)
+    process = start(*command)
+    wait_for(lambda: cpu_seconds(process.pid) > 0.8)
+    lines = stop(process, signal.SIGINT)
+    assert process.returncode == 130 and len(lines) == 1, lines
+    assert lines[0].startswith(f"interrupted: {command[0]} did not finish")
+    assert snapshot(finished_run) == before
+
+
+def test_a_folder_that_is_not_a_run_is_never_written(tmp_path, capsys):
+    """`train --out` a folder of the user's that happens to hold a config.json and losses.png."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    (out / "losses.png").write_bytes(b"my figure")
+    before = snapshot(out)
+    assert train(out, "--iterations", 2) == 2
+    assert "is not empty and is not a run folder (it holds config.json, losses.png)" in \
+        one_line_error(capsys.readouterr().err)
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("key, value", [("alpha", 0.5), ("method", "maml")])
+def test_a_hand_edited_config_is_refused_naming_the_key(run_copy, capsys, key, value):
+    config = json.loads((run_copy / "config.json").read_text())
+    trained = config[key]
+    config[key] = value
+    (run_copy / "config.json").write_text(json.dumps(config))
+    before = snapshot(run_copy)
+    for command in (["train", "--resume", str(run_copy), "--iterations", "30", *QUIET],
+                    ["evaluate", str(run_copy), "--tasks", "4"]):
+        assert main(command) == 2
+        assert f"{key} {value!r} (checkpoint: {trained!r})" in one_line_error(capsys.readouterr().err)
+    assert snapshot(run_copy) == before
+
+
+def test_a_setting_a_resume_may_change_is_taken_from_config_json(run_copy):
+    config = json.loads((run_copy / "config.json").read_text())
+    config["log_every"] = 2
+    (run_copy / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(run_copy), "--iterations", "24", *QUIET]) == 0
+    assert [r["iteration"] for r in read_metrics(run_copy)][-3:] == [20, 22, 24]
+
+
+def test_a_deleted_checkpoint_is_not_a_run_that_never_started(run_copy, capsys):
+    (run_copy / "checkpoint.npz").unlink()
+    before = snapshot(run_copy)
+    for command in (["train", "--resume", str(run_copy), *QUIET], ["evaluate", str(run_copy)]):
+        assert main(command) == 2
+        assert "checkpoint.npz is missing, though the run's metrics reach iteration 20" in \
+            one_line_error(capsys.readouterr().err)
+    assert train(run_copy, "--iterations", 2) == 2            # not started afresh over its metrics
+    assert "whose checkpoint.npz is missing" in one_line_error(capsys.readouterr().err)
+    assert snapshot(run_copy) == before
+
+
+# ---- mistakes that were tracebacks (issue 20) -------------------------------------------------------
+
+@pytest.mark.parametrize("option, value, rate", [("--alpha-hyper-lr", 2000, "alpha"),
+                                                 ("--beta-hyper-lr", 1e308, "beta")])
+def test_an_overflowing_rate_update_is_a_divergence(tmp_path, capsys, option, value, rate):
+    assert train(tmp_path / "run", option, value, "--iterations", 5) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith(f"error: training diverged at iteration ")
+    assert f"{rate} is not finite (inf)" in err.splitlines()[0]
+
+
+@pytest.mark.parametrize("options", [["--meta-batch", 10**10],
+                                     ["--task", "omniglot", "--meta-batch", 10**7, "--channels", 4, "--ways", 3]])
+def test_a_meta_batch_larger_than_memory_is_refused_before_allocating(tmp_path, tiny_omniglot, capsys, options):
+    if "omniglot" in options:
+        options += ["--data-dir", tiny_omniglot]
+    started = time.perf_counter()
+    assert train(tmp_path / "run", *options, "--iterations", 2) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"--meta-batch {options[options.index('--meta-batch') + 1]} needs at least " in line
+    assert "is available, enough for at most about " in line
+    assert time.perf_counter() - started < 10 and not (tmp_path / "run").exists()
+
+
+def test_running_out_of_memory_in_training_is_one_line(tmp_path, capsys, monkeypatch):
+    def step(self, batch):
+        raise MemoryError()
+    monkeypatch.setattr(AlphaMAML, "step", step)
+    assert train(tmp_path / "run", "--iterations", 5) == 1
+    assert "out of memory at iteration 0: try a smaller --meta-batch than 25" in \
+        one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command, message", [
+    (["evaluate", None, "--seed", "-1"], "--seed must be an integer ≥ 0, got -1"),
+    (["gradcheck", "--seed=-1"], "--seed must be an integer ≥ 0, got -1"),
+    (["gradcheck", "--tol", "-1"], "--tol must be a positive, finite number"),
+    (["gradcheck", "--tol", "nan"], "--tol must be a positive, finite number"),
+    (["evaluate", None, "--data-dir", "/somewhere"], "--data-dir only applies to Omniglot runs"),
+    (["evaluate", None, "--tasks", "10000000000"], "--tasks 10000000000 needs at least "),
+])
+def test_bad_evaluate_and_gradcheck_options(finished_run, capsys, command, message):
+    before = snapshot(finished_run)
+    assert main([str(finished_run) if word is None else word for word in command]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert snapshot(finished_run) == before
+
+
+def test_suggested_commands_are_shell_quoted(tmp_path, capsys):
+    out = tmp_path / "my run's folder"
+    as_shell_word = f"'{tmp_path}/my run'\"'\"'s folder'"
+    assert train(out, "--iterations", 2) == 0
+    assert f"evaluate with: python -m numpy_amaml evaluate {as_shell_word}" in capsys.readouterr().out
+    assert train(out, "--iterations", 2) == 2
+    assert f"--resume {as_shell_word}" in one_line_error(capsys.readouterr().err)
+
+
+def test_a_stdout_that_cannot_encode_greek_letters_gets_ascii(tmp_path):
+    result = run_cli("train", "--out", tmp_path / "run", "--iterations", 2, *QUIET, env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0, result.stderr
+    assert "alpha = " in result.stdout and "beta = " in result.stdout
+    result = run_cli("train", "--threads", 0, env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 2 and one_line_error(result.stderr) == "error: --threads must be >= 1, got 0"
+
+
+# ---- Omniglot data that cannot be read, or moved ---------------------------------------------------
+
+def deny(monkeypatch, unreadable=(), read_only=()):
+    """Make the OS refuse as it would for an ordinary user: a file in ``unreadable`` cannot be
+    opened; in a folder in ``unreadable`` nothing can be opened, stat-ed or listed; in a folder
+    in ``read_only`` nothing can be created."""
+    unreadable, read_only = [Path(p) for p in unreadable], [Path(p) for p in read_only]
+    real_open, real_os_open, real_stat, real_scandir = io.open, os.open, os.stat, os.scandir
+
+    def path_of(file):
+        return Path(os.fsdecode(file)) if isinstance(file, (str, bytes, os.PathLike)) else None
+
+    def inside(path):
+        return path is not None and any(folder in path.parents for folder in unreadable)
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        path = path_of(file)
+        if inside(path) or path in unreadable or (any(c in mode for c in "wax+") and path is not None
+                                                  and path.parent in read_only):
+            refuse(path)
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(file, flags, *args, **kwargs):
+        path = path_of(file)
+        if inside(path) or path in unreadable or (flags & os.O_CREAT and path.parent in read_only):
+            refuse(path)
+        return real_os_open(file, flags, *args, **kwargs)
+
+    def guarded_stat(file, *args, **kwargs):
+        if inside(path_of(file)):
+            refuse(file)
+        return real_stat(file, *args, **kwargs)
+
+    def guarded_scandir(file="."):
+        if path_of(file) in unreadable:
+            refuse(file)
+        return real_scandir(file)
+    for module, name, function in ((io, "open", guarded_open), (builtins, "open", guarded_open),
+                                   (os, "open", guarded_os_open), (os, "stat", guarded_stat),
+                                   (os, "scandir", guarded_scandir)):
+        monkeypatch.setattr(module, name, function)
+
+
+OMNIGLOT = ["--task", "omniglot", "--channels", 4, "--ways", 3, "--meta-batch", 2, "--queries", 1,
+            "--val-tasks", 2, "--iterations", 2]
+
+
+@pytest.mark.parametrize("what", ["the folder", "images_background.zip", "SHA256SUMS"])
+def test_unreadable_omniglot_data_is_one_line(tmp_path, tiny_omniglot, capsys, monkeypatch, what):
+    denied = tiny_omniglot if what == "the folder" else tiny_omniglot / what
+    deny(monkeypatch, unreadable=[denied])
+    assert train(tmp_path / "run", *OMNIGLOT, "--data-dir", tiny_omniglot) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"cannot read {denied if what != 'the folder' else tiny_omniglot}" in line and "permission denied" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_read_only_cache_folder_costs_only_the_cache(tmp_path, tiny_omniglot, caplog, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    deny(monkeypatch, read_only=[cache])
+    assert train(tmp_path / "run", *OMNIGLOT, "--data-dir", tiny_omniglot) == 0
+    assert f"Omniglot cache not written: cannot write in {cache} (Permission denied)" in caplog.text
+    assert list(cache.iterdir()) == []
+
+
+def test_a_download_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    """No zips anywhere and a read-only cache folder: the download cannot start (no network is
+    touched: the temporary file is created before the connection is opened)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.delenv(omniglot.ENV_VAR, raising=False)
+    monkeypatch.setattr(omniglot, "SHARED_DATA_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen", None)        # never called
+    deny(monkeypatch, read_only=[cache])
+    with pytest.raises(omniglot.OmniglotPermissionError, match=f"cannot download into {cache}: permission denied"):
+        omniglot.load_omniglot(cache_dir=cache, progress=False)
+
+
+def test_evaluate_finds_a_moved_omniglot_folder(tmp_path, tiny_omniglot, capsys, monkeypatch):
+    """The run read its data from --data-dir; the folder moved. evaluate names the run's folder
+    (not an argument the user never gave) and takes --data-dir or NUMPY_AMAML_OMNIGLOT_DIR; while
+    the run's own folder exists, the variable does not replace it."""
+    out = tmp_path / "run"
+    assert train(out, *OMNIGLOT, "--data-dir", tiny_omniglot) == 0
+    monkeypatch.setenv(omniglot.ENV_VAR, str(tmp_path / "elsewhere"))    # the run's folder still exists:
+    assert main(["evaluate", str(out), "--tasks", "4"]) == 0            # it wins over the variable
+    monkeypatch.delenv(omniglot.ENV_VAR)
+    moved = Path(shutil.move(tiny_omniglot, tmp_path / "moved"))
+    capsys.readouterr()
+    before = snapshot(out)
+    assert main(["evaluate", str(out), "--tasks", "4"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"the run's Omniglot folder {tiny_omniglot} (data_dir in {out}/config.json) no longer exists" in line
+    assert "argument" not in line and snapshot(out) == before
+    assert main(["evaluate", str(out), "--tasks", "4", "--data-dir", str(moved)]) == 0
+    monkeypatch.setenv(omniglot.ENV_VAR, str(moved))
+    assert main(["evaluate", str(out), "--tasks", "4"]) == 0
+    assert main(["train", "--resume", str(out), "--iterations", "3", *QUIET]) == 0
+
+
+# ---- assignments ------------------------------------------------------------------------------------
+
+def test_assignments_mistakes_are_one_line_without_errno(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["assignments", "make", str(tmp_path / "file")]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "is a file, not a folder" in line and "Errno" not in line
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "broken.ipynb").write_text("{not json")
+    assert main(["assignments", "make", str(tmp_path / "out"), "--source", str(source)]) == 2
+    assert "broken.ipynb: not a notebook" in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

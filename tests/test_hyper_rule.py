@@ -16,10 +16,10 @@ import copy
 import numpy as np
 import pytest
 
-from numpy_amaml import architectures, losses
+from numpy_amaml import architectures, backend, losses
 from numpy_amaml.alpha_maml import AlphaMAML
-from numpy_amaml.backend import to_numpy
-from numpy_amaml.maml import meta_gradient, meta_objective
+from numpy_amaml.backend import asarray, to_numpy
+from numpy_amaml.maml import TaskBatch, meta_gradient, meta_objective, tensor_cosines
 from numpy_amaml.model import Model
 from numpy_amaml.optim import HYPER_RULES, SGD, Adam, update_rate_normalized
 from tests.test_maml import sinusoid_batch
@@ -119,6 +119,49 @@ def test_per_tensor_alpha_cosines_reconstruct_each_tensors_hypergradient():
         b = flat([{name: g[name]} for g in mg.inner_grads])
         assert cosines[name] == pytest.approx(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), rel=1e-12), name
         assert -np.linalg.norm(a) * np.linalg.norm(b) * cosines[name] / B == pytest.approx(mg.dJ_dalpha[name], rel=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("K", [1, 3])
+def test_a_tensor_whose_vectors_are_zero_up_to_rounding_has_cosine_zero(K, dtype):
+    """MAML's CNN: every conv bias feeds batch norm, which subtracts the mean, so its gradients
+    are exactly 0 in exact arithmetic; computed, they are rounding noise (~4ε of the whole
+    vector's norm), and the cosine of two noise vectors is any number. It is reported as 0
+    (‖a_t‖ ≤ √ε ‖a‖ or ‖b_t‖ ≤ √ε ‖b‖; maml.tensor_cosines), so the normalized rule leaves those
+    α's alone; every other tensor keeps its cosine."""
+    backend.set_dtype(dtype)
+    model = architectures.omniglot_cnn(ways=3, channels=8, downsample="stride", image_size=16)
+    rng = np.random.default_rng(0)
+    x, labels = asarray(rng.random((3, 3, 16, 16, 1))), np.tile(np.arange(3), (3, 1))
+    batch = TaskBatch(x, labels, asarray(rng.random((3, 3, 16, 16, 1))), labels)
+    theta = model.init_params(seed=1)
+    alpha = {name: 0.1 for name in theta}
+    mg = meta_gradient(model, theta, batch, alpha, K, keep_path=True)
+    biases = [name for name in theta if name.startswith("conv") and name.endswith(".b")]
+    eps = np.finfo(dtype).eps
+    whole_a = np.linalg.norm(flat(mg.adjoints[1:]).astype(float))
+    for name in theta:
+        a = flat([{name: lam[name]} for lam in mg.adjoints[1:]]).astype(float)
+        if name in biases:
+            assert 0 < np.linalg.norm(a) < 100 * eps * whole_a, name      # noise, not zero
+            assert mg.cos_alpha[name] == 0.0, name
+        else:
+            assert np.linalg.norm(a) > 1e-3 * whole_a and mg.cos_alpha[name] != 0.0, name
+    learner = AlphaMAML(model, theta, dict(alpha), SGD(0.001), inner_steps=K, alpha_hyper_lr=0.05,
+                        hyper_rule="normalized")
+    learner.step(batch)
+    assert all(learner.alpha[name] == 0.1 for name in biases)
+
+
+def test_tensor_cosines_threshold_is_sqrt_eps_of_the_whole():
+    """The threshold, at its edge: ‖a_t‖² ≤ ε ‖a‖² gives 0, a little more gives the cosine."""
+    eps = 1e-8
+    whole = {"big": 1.0}
+    assert tensor_cosines({"big": 0.5, "t": 1e-9}, {**whole, "t": 1e-8}, {**whole, "t": 1.0}, eps)["t"] == 0.0
+    cos = tensor_cosines({"big": 0.5, "t": 1e-9}, {**whole, "t": 1.1e-8}, {**whole, "t": 1.0}, eps)["t"]
+    assert cos == pytest.approx(1e-9 / np.sqrt(1.1e-8))
+    assert tensor_cosines({"big": 0.5, "t": 1e-9}, {**whole, "t": 1.0}, {**whole, "t": 1e-9}, eps)["t"] == 0.0
+    assert tensor_cosines({"t": 0.0}, {"t": 0.0}, {"t": 0.0}, eps) == {"t": 0.0}
 
 
 @pytest.mark.parametrize("K", [1, 2])

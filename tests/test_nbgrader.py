@@ -7,12 +7,12 @@ of tutorials/), this runs the commands of tutorials/README.md ("Grading with nbg
   sources as the student versions of ``python -m numpy_amaml assignments make`` (code stubs,
   "YOUR ANSWER HERE" for the written answers, hidden tests removed);
 * ``nbgrader autograde tutorials`` in quick mode (``NUMPY_AMAML_QUICK=1``,
-  ``--ExecutePreprocessor.timeout``) on two submissions of notebooks 1, 2 and 8 (AUTOGRADED: code
-  exercises and written questions in each, including the package-switched-off graded cells of the
-  new notebook 8; the other notebooks take longer to run and their exercises are covered by
-  tests/test_assignments.py): the untouched release must score 0 points, the instructor's notebooks
-  (the solutions) full points — every autograded cell at once, the written answers after a grader
-  accepts them (set through nbgrader's Gradebook, as the formgrader does).
+  ``--ExecutePreprocessor.timeout``) on two submissions of every notebook with a code exercise
+  (AUTOGRADED, found in the source notebooks: each also asks written questions): the untouched
+  release must score 0 points, the instructor's notebooks (the solutions) full points — every
+  autograded cell at once, the written answers after a grader accepts them (set through nbgrader's
+  Gradebook, as the formgrader does). The notebooks without exercises (05, 06: written questions
+  only) are checked by generate_assignment alone; autograde would only run them again.
 
 Skipped when nbgrader is not installed (it belongs in requirements-dev.txt). nbgrader calls the
 ``alembic`` executable, so the folder of this Python's executables goes first on PATH.
@@ -35,8 +35,8 @@ from numpy_amaml.commands import assignments  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 TUTORIALS = REPO / "tutorials"
 ASSIGNMENT = "tutorials"
-AUTOGRADED = ["01_layers_and_gradient_checks.ipynb", "02_hessian_vector_products.ipynb",
-              "08_cnn_second_order.ipynb"]
+AUTOGRADED = sorted(p.name for p in TUTORIALS.glob("*.ipynb")
+                    if assignments.graded_cells(assignments.read_notebook(p)))
 CELL_TIMEOUT = 300            # seconds; nbgrader's default of 30 is too short for full mode
 STUDENTS = ("untouched", "solutions")
 
@@ -49,7 +49,7 @@ def run_nbgrader(course, *args):
     env["NUMPY_AMAML_QUICK"] = "1"
     env.pop("MPLBACKEND", None)
     result = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 

@@ -2,6 +2,7 @@
 speed, not the numbers: every result must equal the one-thread result exactly."""
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from numpy_amaml import backend, architectures, parallel
 from numpy_amaml.maml import TaskBatch, meta_gradient
@@ -126,6 +127,60 @@ def test_meta_gradient_is_identical_with_threads(restore_threads):
     assert_same(two.grad, one.grad)
     for k in range(3):
         assert_same(two.adjoints[k], one.adjoints[k])
+
+
+@pytest.mark.parametrize("layout", ["per parameter", "per tensor and step"])
+def test_learned_rate_meta_gradient_is_identical_with_threads(restore_threads, layout):
+    """Meta-SGD's per-parameter ∂J/∂α (summed over the tasks after the split) and LSLR's
+    per-step one: the same numbers, bit for bit, with 1, 2 and 3 threads (uneven slices)."""
+    model, theta, x, y, rng = cnn_problem(B=5)
+    batch = TaskBatch(x, y, x[:, ::-1], y)
+    if layout == "per parameter":
+        alpha = {k: backend.asarray(rng.uniform(0.05, 0.2, v.shape)) for k, v in theta.items()}
+    else:
+        alpha = [{k: 0.05 * (i + 1) + 0.01 * step for i, k in enumerate(theta)} for step in range(2)]
+    results = [with_threads(n, meta_gradient, model, theta, batch, alpha, 2) for n in (1, 2, 3)]
+    for other in results[1:]:
+        assert other.loss == results[0].loss and other.cos_alpha == results[0].cos_alpha
+        assert_same(other.grad, results[0].grad)
+        if layout == "per parameter":
+            assert_same(other.dJ_dalpha, results[0].dJ_dalpha)
+        else:
+            assert other.dJ_dalpha == results[0].dJ_dalpha
+
+
+@pytest.mark.skipif(backend.backend_name() != "numpy", reason="BLAS threads are a CPU matter")
+@pytest.mark.usefixtures("float64")
+def test_blas_runs_single_threaded_on_every_path_so_threads_give_the_same_numbers(restore_threads):
+    """With BLAS allowed two threads, T = 1 runs its BLAS calls on one thread like every T ≥ 2
+    (inside over_tasks), so the numbers agree bit for bit. The model is large enough for BLAS
+    to thread: MAML's 64-channel CNN, whose conv weights (36,864 entries) make OpenBLAS split the
+    long dot products of ∂J/∂α over its threads, which changes their sums in the last bit."""
+    with threadpool_limits(limits=2, user_api="blas"):
+        if min(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas") < 2:
+            pytest.skip("BLAS cannot use two threads here")
+        seen = []
+
+        def probe(x):
+            seen.append(max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"))
+            return x
+        for n in (1, 2):
+            parallel.set_threads(n)
+            parallel.over_tasks(probe, 4, backend.asarray(np.zeros(4)))
+        assert seen == [1, 1, 1]                   # T = 1: one call; T = 2: two slices
+
+        rng = np.random.default_rng(0)
+        model = architectures.omniglot_cnn(ways=5, channels=64, downsample="stride", image_size=28)
+        theta = model.init_params(0)
+        x = backend.asarray(rng.random((4, 5, 28, 28, 1)))
+        y = backend.array_module().asarray(np.tile(np.arange(5), (4, 1)))
+        batch = TaskBatch(x, y, x[:, ::-1], y)
+        alpha = {name: 0.1 for name in theta}
+        results = [with_threads(n, meta_gradient, model, theta, batch, alpha, 1) for n in (1, 2, 4)]
+    for other in results[1:]:
+        assert other.dJ_dalpha == results[0].dJ_dalpha and other.cos_alpha == results[0].cos_alpha
+        assert other.loss == results[0].loss
+        assert_same(other.grad, results[0].grad)
 
 
 def test_samples_without_a_task_axis_are_not_split(restore_threads):

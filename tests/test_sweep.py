@@ -111,6 +111,28 @@ def test_rerun_recomputes_only_missing_cells(grid_sweep, tmp_path, capsys):
     assert read_metrics(out / "cells" / "maml_a0.01_b0.001_s0")[-1]["iteration"] == 30
 
 
+def test_report_only_reports_the_finished_cells_and_runs_nothing(grid_sweep, tmp_path, capsys):
+    from numpy_amaml.folder_lock import lock_folder
+    _, finished, _ = grid_sweep
+    out = shutil.copytree(finished, tmp_path / "partial")
+    for name in ("maml_a0.03_b0.003_s0", "alpha-maml_a0.03_b0.003_s0"):
+        (out / "cells" / f"{name}.json").unlink()
+    lock = lock_folder(out)                              # the sweep is still running: reading is fine
+    try:
+        assert sweep_main(out, *GRID, "--report-only") == 0
+    finally:
+        lock.release()
+    assert "6 of 8 cells finished; the 2 others are not run (--report-only)" in capsys.readouterr().out
+    assert not (out / "cells" / "maml_a0.03_b0.003_s0.json").exists()
+    partial = {r["method"] + r["alpha0"] + r["beta0"]: r for r in sweep_results.read_csv(out / "results.csv")}
+    whole = {r["method"] + r["alpha0"] + r["beta0"]: r for r in sweep_results.read_csv(finished / "results.csv")}
+    assert set(partial) == set(whole) - {"maml0.030.003", "alpha-maml0.030.003"}
+    assert all(partial[k]["metric"] == whole[k]["metric"] for k in partial)
+    assert sweep_main(tmp_path / "none", *GRID, "--report-only") == 2
+    assert "holds no sweep.json" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 def test_rerun_with_other_settings_is_refused(grid_sweep, capsys):
     _, out, _ = grid_sweep
     options = [o if o != "30" else "40" for o in GRID]

@@ -311,7 +311,7 @@ def test_resolve_config_fills_task_defaults():
 def test_omniglot_train_and_evaluate_smoke(tmp_path, tiny_omniglot, capsys):
     data = tiny_omniglot   # keep <repo>/data clean
 
-    code, out = train(tmp_path, "omniglot", "--task", "omniglot", "--data-dir", data, "--ways", 3,
+    code, out = train(tmp_path, "omniglot-run", "--task", "omniglot", "--data-dir", data, "--ways", 3,
                       "--channels", 4, "--meta-batch", 2, "--iterations", 4, "--log-every", 2,
                       "--val-every", 2, "--val-tasks", 3, "--test-inner-steps", 2, figures=True)
     assert code == 0, capsys.readouterr().err

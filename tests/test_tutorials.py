@@ -18,7 +18,8 @@ from nbclient.exceptions import CellExecutionError
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 EXPECTED = ["01_layers_and_gradient_checks", "02_hessian_vector_products", "03_maml_sinusoid",
-            "04_alpha_maml", "05_omniglot_few_shot", "06_sensitivity", "08_cnn_second_order"]
+            "04_alpha_maml", "05_omniglot_few_shot", "06_sensitivity", "08_cnn_second_order",
+            "09_learned_inner_rates"]
 OPTIONAL = "07_"            # a curvature notebook 07 may or may not be present: run it if it is
 CELL_TIMEOUT = 300          # seconds per cell; quick mode needs a few seconds per notebook
 

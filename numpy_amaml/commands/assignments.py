@@ -28,17 +28,26 @@ the standard library (a notebook is JSON).
 
 Command line::
 
-    python -m numpy_amaml assignments make OUT_DIR [--source tutorials]
+    python -m numpy_amaml assignments make OUT_DIR [--source tutorials] [--force]
 
 writes the student version of every ``*.ipynb`` in the source folder to OUT_DIR (outputs
 cleared) and prints, per notebook, the exercises, written answers, solution regions and
 hidden tests removed.
+
+It never overwrites what is not its own. OUT_DIR must be new, empty, or a folder it made
+before; a notebook already there is replaced only with ``--force``, and only if nobody has
+changed it: ``make`` records the SHA-256 of every notebook it writes in OUT_DIR/.assignments.json
+(``MANIFEST``), and a notebook whose bytes differ from that record (a student's or
+instructor's edits), or that it never wrote, is refused, even with ``--force``.
 """
+import hashlib
 import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from numpy_amaml.files import write_text
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -46,11 +55,13 @@ STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 TEXT_STUB = ("YOUR ANSWER HERE",)     # nbgrader's ClearSolutions.text_stub
 GRADED_PREFIX = "# GRADED:"
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "tutorials"     # the repository's tutorials/
+MANIFEST = ".assignments.json"     # in OUT_DIR: {"notebooks": {name: SHA-256 of the bytes make wrote}}
 _GRADED = re.compile(r"^# GRADED:\s*(\S.*?)\s*$")
 
 
 class AssignmentError(ValueError):
-    """A source notebook's markers are malformed (unbalanced, nested, misplaced)."""
+    """A source notebook's markers are malformed (unbalanced, nested, misplaced), or the
+    folders are wrong: a missing source, an OUT_DIR that is not make's own."""
 
 
 @dataclass
@@ -68,18 +79,24 @@ class Summary:
 
 def read_notebook(path):
     """The notebook at ``path`` as a dict (nbformat 4 JSON)."""
-    with open(path, encoding="utf-8") as f:
-        nb = json.load(f)
-    if nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
+    try:
+        with open(path, encoding="utf-8") as f:
+            nb = json.load(f)
+    except ValueError as err:         # not JSON, or not UTF-8
+        raise AssignmentError(f"{path}: not a notebook ({err})") from None
+    if not isinstance(nb, dict) or nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
         raise AssignmentError(f"{path}: not an nbformat-4 notebook")
     return nb
 
 
+def notebook_text(nb):
+    """``nb`` as nbformat writes it (1-space indent, sorted keys, trailing newline)."""
+    return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+
+
 def write_notebook(nb, path):
-    """Write ``nb`` as nbformat does (1-space indent, UTF-8, trailing newline)."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(nb, f, indent=1, ensure_ascii=False, sort_keys=True)
-        f.write("\n")
+    """Write ``nb`` as nbformat does (UTF-8), atomically (numpy_amaml.files)."""
+    write_text(path, notebook_text(nb))
 
 
 def cell_source(cell):
@@ -260,24 +277,73 @@ def student_notebook(nb, name="notebook"):
     return out, Summary(name, names, replaced, removed, answers, answers_replaced)
 
 
-def make_student_versions(source_dir, out_dir):
+def file_hash(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_manifest(out_dir):
+    """{notebook name: SHA-256} of the notebooks make wrote into ``out_dir`` (None: no manifest)."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        notebooks = json.loads(path.read_text(encoding="utf-8"))["notebooks"]
+        if not isinstance(notebooks, dict):
+            raise TypeError("not an object")
+        return notebooks
+    except (ValueError, KeyError, TypeError) as err:
+        raise AssignmentError(f"{path} is damaged ({err}); delete it, and then make refuses to replace "
+                              f"any notebook in {out_dir}") from None
+
+
+def check_out_dir(out_dir, names, force):
+    """The manifest of ``out_dir`` (a dict) if ``names`` may be written there, else AssignmentError."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AssignmentError(f"OUT_DIR {out_dir} is a file, not a folder")
+    present = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else []
+    manifest = read_manifest(out_dir)
+    clashes = [name for name in names if name in present]
+    if present and not force:
+        if clashes:
+            raise AssignmentError(f"{out_dir} already holds {', '.join(clashes)}; pass --force to replace "
+                                  f"those that make wrote and nobody has changed since")
+        if manifest is None:
+            raise AssignmentError(f"{out_dir} is not empty and was not made by `assignments make` (it holds "
+                                  f"{', '.join(present[:3])}{', ...' if len(present) > 3 else ''}); choose a "
+                                  f"new or empty folder, or pass --force to add the notebooks to it")
+    changed = [name for name in clashes if (manifest or {}).get(name) != file_hash(out_dir / name)]
+    if changed:
+        raise AssignmentError(f"{', '.join(changed)} in {out_dir} changed since `assignments make` wrote them "
+                              f"(or it never did); they are never replaced: move them away first")
+    return manifest or {}
+
+
+def make_student_versions(source_dir, out_dir, force=False):
     """Write the student version of every ``*.ipynb`` in ``source_dir`` into ``out_dir``.
 
-    Returns the list of ``Summary``, one per notebook, in file-name order.
+    ``out_dir`` must be new, empty or made by this function (``check_out_dir``); with
+    ``force``, notebooks it wrote before and nobody changed are replaced. Everything is
+    checked before the first write; then each notebook is written atomically and recorded
+    in the manifest at once. Returns the list of ``Summary``, one per notebook, in file-name
+    order. Raises AssignmentError for every mistake of the caller, OSError if a write fails.
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     if not source_dir.is_dir():
-        raise FileNotFoundError(f"assignments: source folder {source_dir} does not exist")
+        raise AssignmentError(f"source folder {source_dir} does not exist")
     paths = sorted(source_dir.glob("*.ipynb"))
     if not paths:
-        raise FileNotFoundError(f"assignments: no .ipynb notebooks in {source_dir}")
+        raise AssignmentError(f"no .ipynb notebooks in {source_dir}")
     if out_dir.resolve() == source_dir.resolve():
-        raise ValueError("assignments: OUT_DIR must differ from the source folder "
-                         "(the student versions would overwrite the solutions)")
+        raise AssignmentError("OUT_DIR must differ from the source folder "
+                              "(the student versions would overwrite the solutions)")
     versions = [student_notebook(read_notebook(p), p.name) for p in paths]   # all checked first
+    manifest = check_out_dir(out_dir, [p.name for p in paths], force)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, (nb, _) in zip(paths, versions):
-        write_notebook(nb, out_dir / path.name)
+        text = notebook_text(nb)
+        write_text(out_dir / path.name, text)
+        manifest[path.name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        write_text(out_dir / MANIFEST, json.dumps({"notebooks": manifest}, indent=1, sort_keys=True) + "\n")
     return [summary for _, summary in versions]
 
 
@@ -308,14 +374,20 @@ def add_arguments(parser):
     make.add_argument("out_dir", metavar="OUT_DIR", help="folder for the student notebooks (created)")
     make.add_argument("--source", default=None,
                       help=f"folder of the instructor notebooks (default: {DEFAULT_SOURCE})")
+    make.add_argument("--force", action="store_true",
+                      help="replace notebooks a previous make wrote into OUT_DIR (never one changed since)")
 
 
 def run(args):
     source = Path(args.source) if args.source else DEFAULT_SOURCE
     try:
-        summaries = make_student_versions(source, args.out_dir)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        summaries = make_student_versions(source, args.out_dir, force=args.force)
+    except AssignmentError as err:
+        print(f"error: assignments: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        where = err.filename or args.out_dir
+        print(f"error: assignments: cannot read or write {where}: {err.strerror or err}", file=sys.stderr)
         return 1
     print(format_summary(summaries))
     print(f"student notebooks written to {args.out_dir}")

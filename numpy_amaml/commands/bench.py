@@ -15,6 +15,10 @@ im2col matmuls, linear layers) that one meta-iteration does, counted from the
 model's layer shapes (``matmul_flops``), divided by the time: how far the row is
 from what the machine's matmul reaches (100+ GFLOP/s per AVX-512 core in float32).
 Element-wise work (batch norm, ReLU, pooling, copies) is not counted.
+
+``--count-ops`` prints instead the array operations of one meta-iteration (≈ the kernel
+launches of a GPU, numpy_amaml.op_count) for the sinusoid MLP and the two CNNs, second and
+first order, per layer function and in total, with the host's reads of array values.
 """
 import cProfile
 import math
@@ -25,11 +29,11 @@ import statistics
 import sys
 import time
 import tracemalloc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from numpy_amaml import backend, architectures, layers, parallel
+from numpy_amaml import backend, architectures, layers, op_count, parallel
 from numpy_amaml.alpha_maml import AlphaMAML
 from numpy_amaml.maml import TaskBatch
 from numpy_amaml.optim import Adam
@@ -229,6 +233,49 @@ def phase_shares(case, iterations=3):
     return {k: v / total for k, v in shares.items()}
 
 
+COUNTED_MODELS = ("sinusoid MLP", "CNN max-pool", "CNN strided")   # the first row whose name starts so
+
+
+def count_case(case, iterations=1):
+    """[op_count.Tally] of ``iterations`` meta-iterations, one each, after a first one (which
+    also makes the optimizer's state). The problem is made inside the count, so that its
+    arrays count (numpy_amaml.op_count)."""
+    with op_count.counting() as tally:
+        model, theta, batch, alpha = make_problem(case)
+        learner = _learner(case, model, theta, alpha)
+        learner.step(batch)
+        tallies = []
+        for _ in range(iterations):
+            tally.reset()
+            learner.step(batch)
+            tallies.append(tally.copy())
+    return tallies
+
+
+def print_operation_counts(models):
+    """The table of ``--count-ops``: operations per meta-iteration of each model, second and
+    first order, per layer function (rows by their total), then by kind, and host reads."""
+    columns = []
+    for model in models:
+        case = next(c for c in CASES if c.name.startswith(model))
+        for first_order in (False, True):
+            columns.append(count_case(replace(case, first_order=first_order))[0])
+    print("array operations per meta-iteration (≈ GPU kernel launches; counted on NumPy along the CuPy "
+          "backend's code path,")
+    print("numpy_amaml/op_count.py): Alpha MAML with Adam, 1 inner step, the shapes of the bench rows")
+    width = 11
+    print(f"{'':28s}" + "".join(f"{m:>{2 * width}s}" for m in models))
+    print(f"{'where':28s}" + f"{'2nd order':>{width}s}{'1st order':>{width}s}" * len(models))
+    places = [t.by_place() for t in columns]
+    rows = sorted(set().union(*places), key=lambda w: (-sum(p[w] for p in places), w))
+    for where in rows:
+        print(f"{where:28s}" + "".join(f"{p[where]:{width}d}" for p in places))
+    print(f"{'total':28s}" + "".join(f"{t.total():{width}d}" for t in columns))
+    for kind in op_count.KINDS:
+        print(f"{'  ' + kind:28s}" + "".join(f"{t.by_kind()[kind]:{width}d}" for t in columns))
+    print(f"{'host reads (host waits)':28s}" + "".join(f"{sum(t.host_reads.values()):{width}d}" for t in columns))
+
+
 def cpu_model():
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
@@ -253,6 +300,8 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--only", default=None, help="run only rows whose name contains this text")
     parser.add_argument("--no-phases", action="store_true", help="skip the profiled phase breakdown")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="print the array operations (≈ GPU kernel launches) per meta-iteration instead")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="CPU threads for rows without their own count (default: 1 sinusoid, all "
                              f"cores CNN: {parallel.default_threads('omniglot')})")
@@ -269,6 +318,14 @@ def run(args):
         print(f"error: --only {args.only!r} matches no configuration; the names are: "
               f"{'; '.join(c.name for c in CASES)}", file=sys.stderr)
         return 2
+    if args.count_ops:
+        models = [m for m in COUNTED_MODELS if args.only is None or args.only.lower() in m.lower()]
+        if not models:
+            print(f"error: --only {args.only!r} matches none of the counted models: {'; '.join(COUNTED_MODELS)}",
+                  file=sys.stderr)
+            return 2
+        print_operation_counts(models)
+        return 0
     print(f"machine: {machine_description()}")
     print(f"{'configuration':40s} {'threads':>7s} {'s / meta-iter':>14s} {'GFLOP':>7s} {'GFLOP/s':>8s} "
           f"{'peak memory':>12s}")

@@ -9,22 +9,24 @@ its query set (numpy_amaml.evaluation, numpy_amaml.meta_test):
                test_inner_steps) steps, on tasks of the meta-test characters.
 Every number is the mean over --tasks tasks (default 600) with a 95% confidence interval.
 A step count whose adaptation overflows is reported as not finite; the others still are.
-The table is printed and written to RUN_DIR/evaluation.json.
+The table is printed and written to RUN_DIR/evaluation.json. An Omniglot run whose data
+folder moved since training is evaluated with ``--data-dir`` (or NUMPY_AMAML_OMNIGLOT_DIR).
+Evaluation only reads the run folder: it works while ``train`` writes it.
 """
 import sys
 
 from numpy_amaml import parallel
 from numpy_amaml.config import ConfigError
 from numpy_amaml.meta_test import BATCH_SIZE, evaluate_run
-from numpy_amaml.omniglot import OmniglotError
+from numpy_amaml.omniglot import ENV_VAR, OmniglotError
 from numpy_amaml.run_folder import EVALUATION_FILE, RunFolder
 
 
 def format_table(evaluation):
     """The evaluation as a small text table."""
     alpha = evaluation["alpha"]
-    alpha_text = (f"per tensor {min(alpha.values()):.4g}..{max(alpha.values()):.4g}"
-                  if isinstance(alpha, dict) else f"{alpha:.4g}")
+    alpha_text = evaluation.get("alpha_in_words") or (      # older evaluation.json files have no words
+        f"per tensor {min(alpha.values()):.4g}..{max(alpha.values()):.4g}" if isinstance(alpha, dict) else f"{alpha:.4g}")
     percent = evaluation["task"] == "omniglot"
     lines = [f"{evaluation['task']} {evaluation['method']} at iteration {evaluation['iteration']}: "
              f"α = {alpha_text}, β = {evaluation['beta']:.4g}",
@@ -68,6 +70,9 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, metavar="T",
                         help="CPU threads sharing the tasks of a batch; speed only (default: 1 sinusoid, "
                              f"all cores omniglot: {parallel.default_threads('omniglot')})")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help=f"Omniglot runs: the folder with the two zips, if it is no longer where the run "
+                             f"read them (default: {ENV_VAR} if set, else the run's own data folder)")
 
 
 def run(args):
@@ -78,7 +83,8 @@ def run(args):
         if args.threads is not None and args.threads < 1:
             raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
         steps = None if args.steps is None else _parse_steps(args.steps)
-        evaluation = evaluate_run(args.run_dir, args.tasks, args.seed, steps, args.batch_size, args.threads)
+        evaluation = evaluate_run(args.run_dir, args.tasks, args.seed, steps, args.batch_size, args.threads,
+                                  args.data_dir)
     except (ConfigError, OmniglotError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

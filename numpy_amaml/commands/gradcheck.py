@@ -20,6 +20,7 @@ inputs are drawn that way, and a model's check point is redrawn until every ReLU
 and max-pool gap inside the model is at least KINK_MARGIN from its kink (kink_margin).
 """
 import math
+import sys
 import time
 
 import numpy as np
@@ -226,6 +227,12 @@ def add_arguments(parser):
 
 
 def run(args):
+    if args.seed < 0:
+        print(f"error: --seed must be an integer ≥ 0, got {args.seed}", file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.tol) and args.tol > 0):
+        print(f"error: --tol must be a positive, finite number (a relative error), got {args.tol:g}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     print(f"Gradient checks: float64, central differences (step {LAYER_STEP:g} for layers and losses, "
           f"{MODEL_STEP:g} for models), {TASKS} tasks per input, seed {args.seed}, "

@@ -12,18 +12,26 @@ Two modes:
                         includes maml, MAML from the same starting points is run as the reference.
 
 Re-running the same command into the same --out resumes: finished cells are skipped.
+Everything is checked before anything is written (the options, the Omniglot data and its
+splits); --out must be new, empty or a sweep's folder, and one sweep at a time writes it (a
+second gets one line naming the first's pid). Ctrl-C (or SIGTERM) stops dispatching, ends the
+running cells, keeps the finished ones and exits 130 (143); a second one exits at once.
 """
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
 from numpy_amaml.config import CHOICES, METHODS, TASK_DEFAULTS, TASKS, ConfigError, TrainConfig, flag, resolve_config
+from numpy_amaml.cli import Interrupted
 from numpy_amaml.executors import DaskExecutor, ExecutorError, LocalExecutor
+from numpy_amaml.folder_lock import FolderLocked
 from numpy_amaml.omniglot import OmniglotError
-from numpy_amaml.sweep import CELLS_DIR, SweepError, check_settings, make_cells, run_cells, train_options
+from numpy_amaml.sweep import (CELLS_DIR, SETTINGS_FILE, SweepError, check_settings, check_task, make_cells,
+                               open_sweep_folder, run_cells, train_options)
 from numpy_amaml.sweep_results import CSV_FILE, SUMMARY_FILE, report
 
 # Training options handed through to every cell (their defaults are train's).
@@ -74,7 +82,9 @@ def add_arguments(parser):
     add("--alphas", help="comma-separated initial inner rates α₀ (default: the task's α: "
                          f"{TASK_DEFAULTS['sinusoid']['alpha']} sinusoid, {TASK_DEFAULTS['omniglot']['alpha']} omniglot)")
     add("--betas", help=f"comma-separated initial meta rates β₀ (default {TrainConfig.beta})")
-    add("--methods", default="maml,alpha-maml", help="comma-separated, from maml, alpha-maml (default both)")
+    add("--methods", default="maml,alpha-maml",
+        help=f"comma-separated, from {', '.join(METHODS)} (default maml,alpha-maml); a learned α "
+             f"(meta-sgd, lslr) is summarised by its mean over tensors in final_alpha and trajectories.png")
     add("--iterations", type=int, required=True, metavar="N", help="meta-iterations per cell")
     add("--seeds", default="0", help="comma-separated seeds (default 0)")
     add("--workers", type=int, metavar="W", help=f"parallel worker processes (default: all cores, {os.cpu_count()})")
@@ -94,6 +104,10 @@ def add_arguments(parser):
         help="run the cells on an existing Dask distributed cluster (e.g. tcp://host:8786) instead of "
              "local processes; its workers must see --out (a shared file system)")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--report-only", action="store_true",
+        help="run nothing: write results.csv, summary.txt and the figures from the cells of an existing "
+             "sweep folder that have finished so far, also while the sweep runs (a partial grid; the "
+             "convergence threshold is then relative to those cells)")
     group = parser.add_argument_group("training options passed to every cell (defaults: train's)")
     for name, help_text in PASS_THROUGH.items():
         if name in CHOICES:
@@ -105,7 +119,7 @@ def add_arguments(parser):
 
 def settings_from_args(args):
     """(cells, settings, out) from the parsed options; raises SweepError / ConfigError."""
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
     if not methods or any(m not in METHODS for m in methods):
         raise SweepError(f"--methods must be a comma-separated list from {METHODS}, got {args.methods!r}")
     try:
@@ -118,6 +132,12 @@ def settings_from_args(args):
         raise SweepError("--iterations must be ≥ 1 and --eval-tasks ≥ 2 (for a confidence interval)")
     if args.workers is not None and args.workers < 1:
         raise SweepError("--workers must be ≥ 1")
+    if not 1 <= args.mse_ratio < math.inf:
+        raise SweepError(f"--mse-ratio must be a number ≥ 1 (converged: MSE ≤ this × the best cell's), "
+                         f"got {args.mse_ratio:g}")
+    if not 0 <= args.accuracy_gap <= 1:
+        raise SweepError(f"--accuracy-gap must be a number from 0 to 1 (converged: accuracy ≥ the best "
+                         f"cell's − this), got {args.accuracy_gap:g}")
     if args.workers is not None and args.dask_scheduler:
         raise SweepError("--workers is for local processes; a Dask cluster has its own workers")
     alphas = _float_list(args.alphas, "--alphas") if args.alphas else [TASK_DEFAULTS[args.task]["alpha"]]
@@ -130,6 +150,14 @@ def settings_from_args(args):
                          "the grid is --alphas × --betas")
     if one_d and "alpha-maml" not in methods:
         raise SweepError("--alpha-hyper-lrs / --beta-hyper-lrs sweep Alpha MAML: --methods must include alpha-maml")
+    if one_d and set(methods) - {"maml", "alpha-maml"}:
+        raise SweepError("--alpha-hyper-lrs / --beta-hyper-lrs sweep Alpha MAML's γ's: --methods may hold only "
+                         "alpha-maml and maml (the reference)")
+    hyper = [flag for flag, value in (("--alpha-hyper-lr", args.alpha_hyper_lr), ("--beta-hyper-lr", args.beta_hyper_lr))
+             if value is not None]
+    if hyper and "alpha-maml" not in methods:
+        raise SweepError(f"{' and '.join(hyper)} set Alpha MAML's hyper-rates, and --methods {','.join(methods)} "
+                         f"has no alpha-maml: leave {'it' if len(hyper) == 1 else 'them'} out")
     if gamma_alphas and args.alpha_hyper_lr is not None or gamma_betas and args.beta_hyper_lr is not None:
         raise SweepError("give either --alpha-hyper-lrs or --alpha-hyper-lr (and likewise for β), not both")
     train_settings = {name: getattr(args, name) for name in PASS_THROUGH if getattr(args, name) is not None}
@@ -146,29 +174,64 @@ def settings_from_args(args):
 
 
 def run(args):
-    """Entry point of the ``sweep`` command; returns the exit code (1 if a cell failed)."""
-    started, out = time.perf_counter(), None
+    """Entry point of the ``sweep`` command; returns the exit code: 0; 1 if a cell failed, a
+    worker died or a file could not be written; 2 for a mistake (then nothing is written);
+    130 / 143 when stopped by SIGINT (Ctrl-C) / SIGTERM.
+
+    The first such signal stops the sweep: no further cell starts, the running ones are ended
+    (numpy_amaml.executors), the finished ones are kept. A second one skips the wait for the
+    running cells to end."""
+    started, out, lock, signals = time.perf_counter(), None, None, []
+
+    def stop(signum, frame):
+        signals.append(signum)
+        raise Interrupted(signum)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         cells, settings, out = settings_from_args(args)
         executor = DaskExecutor(args.dask_scheduler) if args.dask_scheduler else LocalExecutor(args.workers)
-        check_settings(out, settings)
+        if args.report_only and not (out / SETTINGS_FILE).is_file():
+            raise SweepError(f"--report-only reads an existing sweep folder, and {out} holds no {SETTINGS_FILE}")
+        if args.report_only:           # reads the cells and writes three files atomically: no lock,
+            check_settings(out, settings)  # so it also reports on a sweep that is still running
+        else:
+            check_task(resolve_config(train_options(cells[0], settings)), progress=not args.no_progress)
+            lock = open_sweep_folder(out, settings)
         results, skipped, errors = run_cells(cells, settings, out, executor, not args.no_progress,
-                                             not (args.no_cell_figures or args.no_figures))
-    except (SweepError, ConfigError, OmniglotError, ExecutorError) as err:
+                                             not (args.no_cell_figures or args.no_figures),
+                                             run_pending=not args.report_only)
+        for name, error in errors.items():
+            print(f"error: cell {name} failed (it will be retried on the next run):\n{error}", file=sys.stderr)
+        finished = [r for r in results if r is not None]
+        if not finished:
+            return 1
+        lines, figures = report(finished, settings, out, args.mse_ratio, args.accuracy_gap,
+                                time.perf_counter() - started, skipped, draw_figures=not args.no_figures)
+        print("\n".join(lines))
+        print(f"written: {out / CSV_FILE}, {out / SUMMARY_FILE}, " + ", ".join(str(out / f) for f in figures))
+        return 1 if errors else 0
+    except (SweepError, ConfigError, OmniglotError, FolderLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if out is not None:
-            print(f"\ninterrupted: the finished cells are kept in {out / CELLS_DIR}; run the same command "
-                  f"again to resume", file=sys.stderr)
-        return 130
-    for name, error in errors.items():
-        print(f"error: cell {name} failed (it will be retried on the next run):\n{error}", file=sys.stderr)
-    finished = [r for r in results if r is not None]
-    if not finished:
-        return 1
-    lines, figures = report(finished, settings, out, args.mse_ratio, args.accuracy_gap,
-                            time.perf_counter() - started, skipped, draw_figures=not args.no_figures)
-    print("\n".join(lines))
-    print(f"written: {out / CSV_FILE}, {out / SUMMARY_FILE}, " + ", ".join(str(out / f) for f in figures))
-    return 1 if errors else 0
+    except BrokenPipeError:                         # the reader went away (`| head`): numpy_amaml/__main__.py
+        raise
+    except (ExecutorError, OSError) as err:         # 2 before the folder is ours: nothing was written
+        text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else err
+        print(f"error: {text}", file=sys.stderr)
+        return 2 if lock is None else 1
+    except KeyboardInterrupt as err:
+        for signum in previous:                     # one line, whatever else arrives
+            signal.signal(signum, signal.SIG_IGN)
+        signum = signals[0] if signals else getattr(err, "signum", signal.SIGINT)
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        if lock is None:
+            print(f"{what} before the sweep started: nothing was written", file=sys.stderr)
+        else:
+            print(f"{what}: the finished cells are kept in {out / CELLS_DIR}, the running ones were stopped; "
+                  f"run the same command again to resume", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if lock is not None:
+            lock.release()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,19 +1,22 @@
-"""``python -m numpy_amaml train``: meta-train MAML or Alpha MAML on sinusoids or Omniglot.
+"""``python -m numpy_amaml train``: meta-train MAML, Alpha MAML, Meta-SGD or LSLR on sinusoids or Omniglot.
 
 The settings are numpy_amaml.config.TrainConfig's, the loop is numpy_amaml.training, the run
 folder numpy_amaml.run_folder. ``--resume DIR`` continues a run exactly where its checkpoint
 stopped, bit for bit.
 """
+import signal
 import sys
 from dataclasses import fields
 
 from numpy_amaml import parallel
 from numpy_amaml.alpha_maml import TrainingDiverged
-from numpy_amaml.config import (ADDITIVE_HYPER_LR_DEFAULTS, CHOICES, NORMALIZED_HYPER_LR_DEFAULTS, TASK_DEFAULTS,
-                                ConfigError, TrainConfig)
+from numpy_amaml.cli import new_line
+from numpy_amaml.config import (ADDITIVE_HYPER_LR_DEFAULTS, CHOICES, METHOD_HELP, NORMALIZED_HYPER_LR_DEFAULTS,
+                                TASK_DEFAULTS, ConfigError, TrainConfig)
+from numpy_amaml.learned_rates import describe_alpha
 from numpy_amaml.omniglot import OmniglotError
-from numpy_amaml.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
-from numpy_amaml.training import TrainingStopped, train
+from numpy_amaml.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, quoted
+from numpy_amaml.training import TrainingStopped, signal_of, train
 
 
 def add_arguments(parser):
@@ -22,8 +25,10 @@ def add_arguments(parser):
     d = TrainConfig
     add = parser.add_argument
     add("--task", choices=CHOICES["task"], help=f"default {d.task}")
-    add("--method", choices=CHOICES["method"], help=f"maml: fixed α, β; alpha-maml: α, β by hypergradient "
-                                                    f"descent (default {d.method})")
+    add("--method", choices=CHOICES["method"],
+        help="; ".join(f"{m}: {text}" for m, text in METHOD_HELP.items()) +
+             f"; lslr's α at steps beyond --inner-steps (evaluation, --test-inner-steps) is its last "
+             f"step's (docs/method.md §13; default {d.method})")
     add("--first-order", action="store_true", default=None, help="first-order MAML (no Hessian terms)")
     add("--inner-steps", type=int, metavar="K", help=f"inner steps in training (default {d.inner_steps})")
     add("--alpha", type=float, metavar="A", help=f"initial inner rate α (default {s['alpha']} sinusoid, "
@@ -67,7 +72,9 @@ def add_arguments(parser):
                        help=f"validation every n iterations (default {o['val_every']})")
     group.add_argument("--val-tasks", type=int, metavar="n", help=f"validation tasks (default {o['val_tasks']})")
     run_group = parser.add_argument_group("run folder")
-    run_group.add_argument("--out", metavar="DIR", help="run folder (default runs/<task>-<method>-<time>)")
+    run_group.add_argument("--out", metavar="DIR",
+                           help="run folder: new, empty, or one whose run stopped before its first "
+                                "checkpoint (default runs/<task>-<method>-<time>)")
     run_group.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
     run_group.add_argument("--no-figures", action="store_true", help="draw no PNG figures")
@@ -96,11 +103,13 @@ def run(args):
         print(f"error: training diverged at {err}", file=sys.stderr)
         return 1
     except TrainingStopped as err:
-        print(f"\n{err}" if err.interrupted else f"error: {err}", file=sys.stderr)
-        return 130 if err.interrupted else 1
-    except KeyboardInterrupt:
-        print("\ninterrupted before training started; nothing was written", file=sys.stderr)
-        return 130
+        print(f"{new_line()}{err}" if err.interrupted else f"error: {err}", file=sys.stderr)
+        return 128 + err.signum if err.interrupted else 1
+    except KeyboardInterrupt as err:          # while loading data or building the model
+        signum = signal_of(err)
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"{new_line()}{what} before training started; no checkpoint was written", file=sys.stderr)
+        return 128 + signum
     print(summary(trainer))
     return 0
 
@@ -109,9 +118,7 @@ def summary(trainer):
     """What to print at the end: the final numbers and where everything is."""
     config, learner, run_dir = trainer.config, trainer.learner, trainer.folder.path
     last = trainer.records[-1]
-    alpha = learner.alpha
-    alpha_text = (", ".join(f"{k} {v:.4g}" for k, v in alpha.items()) if isinstance(alpha, dict)
-                  else f"{alpha:.4g}")
+    alpha_text = describe_alpha(learner.alpha)
     lines = [f"trained {config.task} {config.method} for {learner.iteration} iterations "
              f"({trainer.elapsed:.1f} s of training; this command took {trainer.wall_seconds:.1f} s, "
              f"{trainer.figure_seconds:.1f} s of it drawing figures)",
@@ -124,5 +131,5 @@ def summary(trainer):
     lines += [f"run folder: {run_dir}",
               f"  {CONFIG_FILE}, {METRICS_FILE}, {CHECKPOINT_FILE}"
               + (f"; figures: {', '.join(trainer.figure_files())}" if trainer.figure_files() else ""),
-              f"evaluate with: python -m numpy_amaml evaluate {run_dir}"]
+              f"evaluate with: python -m numpy_amaml evaluate {quoted(run_dir)}"]
     return "\n".join(lines)
