@@ -11,7 +11,8 @@ of them (numpy_amaml.sweep_results.converged_flags: the sweep's own rule, or --t
   beyond the two 95% CIs,
 * the per-cell table (metric per seed, one column per method), converged marked with `*`,
 
-and, with --out, writes the combined rows (with the recomputed column) as one CSV.
+and, with --out, writes the combined rows (with the recomputed column) as one CSV; with --figure,
+draws the sweeps' heatmaps of the combined rows.
 
     python docs/combine_grids.py --task omniglot docs/sensitivity_omniglot_normalized_grid.csv \\
         sweeps/omniglot-normalized-seed1/results.csv sweeps/omniglot-meta-sgd/results.csv
@@ -25,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # run from anywhere in the repository
 
+from numpy_amaml.sweep_plots import plot_heatmaps                 # noqa: E402
 from numpy_amaml.sweep_results import converged_flags, read_csv     # noqa: E402
 
 KEY = ("method", "alpha0", "beta0", "seed", "gamma_alpha", "gamma_beta")
@@ -66,6 +68,8 @@ def main(argv=None):
                         help="use this threshold (MSE at most / accuracy at least) instead of the rule's")
     parser.add_argument("--against", default="maml", help="the method each cell is compared with (default maml)")
     parser.add_argument("--out", help="write the combined rows, converged recomputed, to this CSV")
+    parser.add_argument("--figure", help="draw the sweep's heatmaps (numpy_amaml.sweep_plots) of the combined "
+                                         "rows, converged recomputed, to this PNG")
     args = parser.parse_args(argv)
 
     rows = load(args.csv)
@@ -118,6 +122,14 @@ def main(argv=None):
     for (alpha0, beta0), values in sorted(cells.items()):
         print(f"| {alpha0:g}, {beta0:g} | "
               + " | ".join(" / ".join(values.get((m, s), "") for s in seeds) for m in methods) + " |")
+
+    if args.figure:
+        plot_rows = [{**row, "alpha0": number(row["alpha0"]), "beta0": number(row["beta0"]),
+                      "diverged": row["diverged"] == "True", "metric": number(row["metric"])} for row in rows]
+        label = "query accuracy (%) after the test steps" if args.task == "omniglot" else "query MSE after the training steps"
+        plot_heatmaps(plot_rows, args.figure, args.task, label,
+                      f"{args.task}: {len(args.csv)} sweeps combined, seeds {', '.join(seeds)}, one threshold")
+        print(f"\ndrew {args.figure}")
 
     if args.out:
         columns = list(rows[0])

@@ -24,6 +24,7 @@ import threading
 
 from numpy_amaml import backend, parallel
 from numpy_amaml.allocator import keep_freed_memory
+from numpy_amaml.interrupts import Interrupted, new_line
 
 COMMANDS = {
     "gradcheck": ("numpy_amaml.commands.gradcheck", "print a gradient-check table for every layer and model"),
@@ -49,22 +50,8 @@ ASCII = {"α": "alpha", "β": "beta", "γ": "gamma", "θ": "theta", "φ": "phi",
          "₀": "0", "₁": "1"}
 
 
-class Interrupted(KeyboardInterrupt):
-    """A signal other than SIGINT (SIGTERM) raised as KeyboardInterrupt; ``signum`` says which."""
-
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
-
-
-def new_line():
-    """"\n" before a last message on a terminal, where ^C or a progress bar left the cursor
-    mid-line; nothing on a pipe or file, so that the message stays one line there."""
-    return "\n" if sys.stderr.isatty() else ""
 
 
 def _ascii_replace(error):

@@ -35,7 +35,7 @@ import time
 from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 
-from numpy_amaml.cli import Interrupted
+from numpy_amaml.interrupts import Interrupted
 
 PARENT_CHECK_SECONDS = 1.0
 STOP_SECONDS = 10.0         # how long stopped workers get to end before they are killed

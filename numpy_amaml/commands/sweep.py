@@ -26,7 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from numpy_amaml.config import CHOICES, METHODS, TASK_DEFAULTS, TASKS, ConfigError, TrainConfig, flag, resolve_config
-from numpy_amaml.cli import Interrupted
+from numpy_amaml.interrupts import Interrupted
 from numpy_amaml.executors import DaskExecutor, ExecutorError, LocalExecutor
 from numpy_amaml.folder_lock import FolderLocked
 from numpy_amaml.omniglot import OmniglotError

@@ -10,9 +10,9 @@ from dataclasses import fields
 
 from numpy_amaml import parallel
 from numpy_amaml.alpha_maml import TrainingDiverged
-from numpy_amaml.cli import new_line
 from numpy_amaml.config import (ADDITIVE_HYPER_LR_DEFAULTS, CHOICES, METHOD_HELP, NORMALIZED_HYPER_LR_DEFAULTS,
                                 TASK_DEFAULTS, ConfigError, TrainConfig)
+from numpy_amaml.interrupts import new_line
 from numpy_amaml.learned_rates import describe_alpha
 from numpy_amaml.omniglot import OmniglotError
 from numpy_amaml.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, quoted
