@@ -34,6 +34,16 @@ class TrainingDiverged(RuntimeError):
         self.iteration = iteration
 
 
+def check_finite(iteration, advice, **values):
+    """Raise TrainingDiverged naming the first of ``values`` (a number, or a dict of numbers) that
+    is not finite, with ``advice`` on what to try instead."""
+    for name, value in values.items():
+        numbers = value.values() if isinstance(value, dict) else [value]
+        if not all(math.isfinite(v) for v in numbers):
+            raise TrainingDiverged(f"iteration {iteration}: {name} is not finite ({value}); try {advice}",
+                                   iteration=iteration)
+
+
 class AlphaMAML:
     """Holds θ, α and the meta-optimizer (which holds β); ``step`` does one iteration.
 
@@ -71,11 +81,7 @@ class AlphaMAML:
             self.alpha_clamps += clamped
 
     def _check_finite(self, **values):
-        for name, value in values.items():
-            numbers = value.values() if isinstance(value, dict) else [value]
-            if not all(math.isfinite(v) for v in numbers):
-                raise TrainingDiverged(f"iteration {self.iteration}: {name} is not finite ({value}); "
-                                       f"try a smaller α, β or hypergradient rate", iteration=self.iteration)
+        check_finite(self.iteration, "a smaller α, β or hypergradient rate", **values)
 
     def state_dict(self):
         """θ, α, the iteration, the clamp count and the meta-optimizer's state (which holds β):

@@ -27,9 +27,8 @@ Also here, for every method: ``initial_alpha`` (α₀ in the layout of a run's m
 ``logged_alpha``, ``alpha_statistics`` and ``describe_alpha`` (α for the metrics log, the
 sweeps and the command line).
 """
-import math
 
-from numpy_amaml.alpha_maml import TrainingDiverged
+from numpy_amaml.alpha_maml import TrainingDiverged, check_finite
 from numpy_amaml.backend import float_dtype, xp
 from numpy_amaml.maml import alpha_layout, meta_gradient
 from numpy_amaml.params import norm
@@ -158,11 +157,7 @@ class LearnedRates:
         return {name: packed[ALPHA_KEY + name] for name in self.names}
 
     def _check_finite(self, **values):
-        for name, value in values.items():
-            numbers = value.values() if isinstance(value, dict) else [value]
-            if not all(math.isfinite(v) for v in numbers):
-                raise TrainingDiverged(f"iteration {self.iteration}: {name} is not finite ({value}); "
-                                       f"try a smaller α or β", iteration=self.iteration)
+        check_finite(self.iteration, "a smaller α or β", **values)
 
     def state_dict(self):
         """θ, α, the iteration and the meta-optimizer's state (its moments cover α too):
