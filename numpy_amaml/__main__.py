@@ -1,7 +1,12 @@
 import os
 import sys
 
-from numpy_amaml.cli import main
+try:
+    from numpy_amaml.cli import main
+except KeyboardInterrupt:       # Ctrl-C while NumPy and the package load: no command has started yet
+    print(("\n" if sys.stderr.isatty() else "") + "interrupted: python -m numpy_amaml was still starting; "
+          "nothing ran", file=sys.stderr)
+    sys.exit(130)
 
 try:
     sys.exit(main())

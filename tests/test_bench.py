@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from numpy_amaml import backend, layers, op_count, parallel
+from numpy_amaml import backend, layers, op_count, parallel, params
 from numpy_amaml.commands import bench
 
 pytestmark = pytest.mark.skipif(backend.backend_name() != "numpy",
@@ -126,6 +126,23 @@ def test_count_is_positive_and_the_same_every_iteration():
     assert places["optim.Adam.direction"] > 0 and tallies[0].total() == sum(places.values())
     three_tasks = bench.count_case(replace(cnn, meta_batch=3))[0]
     assert three_tasks.operations == tallies[0].operations     # on CuPy's path the batch is one chunk
+
+
+def test_an_iteration_reads_each_set_of_per_tensor_dots_once():
+    """The per-tensor inner products of a params dict (‖g_t‖, ⟨g_t, u_{t−1}⟩, ‖u_{t−1}‖ for β's
+    hypergradient and cosine) are read by the host once per call, not once per tensor (on a GPU
+    each read waits for the device): 5 reads for the CNN's 18 tensors, where it was 90, and the
+    values are exactly the floats of the per-tensor ``vdot``."""
+    cnn = replace(bench.CASES[1], meta_batch=2)
+    reads = bench.count_case(cnn)[0].host_reads
+    assert reads["params.dot_per_tensor"] == 5 and sum(reads.values()) <= 15, dict(reads)
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        a = {n: rng.standard_normal(s).astype(dtype) for n, s in (("W", (3, 4)), ("b", (4,)), ("g", (2, 5)))}
+        b = {n: rng.standard_normal(v.shape).astype(dtype) for n, v in a.items()}
+        dots = params.dot_per_tensor(a, b)
+        assert list(dots) == list(a) and all(type(v) is float for v in dots.values())
+        assert dots == {n: float(np.vdot(a[n], b[n])) for n in a}
 
 
 def test_count_ops_prints_the_table(capsys):

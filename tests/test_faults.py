@@ -691,3 +691,22 @@ def test_assignments_mistakes_are_one_line_without_errno(tmp_path, capsys):
     assert main(["assignments", "make", str(tmp_path / "out"), "--source", str(source)]) == 2
     assert "broken.ipynb: not a notebook" in one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_while_the_package_loads_is_one_line():
+    """A Ctrl-C that arrives while ``python -m numpy_amaml`` is still importing NumPy and the
+    package (before any command's handler exists) ends in one line with status 130, not a
+    traceback. The Ctrl-C is made to arrive exactly there: the import of numpy_amaml.cli raises it."""
+    starter = ("import builtins, runpy, sys\n"
+               "real_import = builtins.__import__\n"
+               "def ctrl_c_on_cli(name, *args, **kwargs):\n"
+               "    if name == 'numpy_amaml.cli':\n"
+               "        raise KeyboardInterrupt\n"
+               "    return real_import(name, *args, **kwargs)\n"
+               "builtins.__import__ = ctrl_c_on_cli\n"
+               "sys.argv = ['numpy_amaml', 'gradcheck']\n"
+               "runpy.run_module('numpy_amaml', run_name='__main__', alter_sys=True)\n")
+    done = subprocess.run([sys.executable, "-c", starter], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and done.stdout == ""
+    assert done.stderr == "interrupted: python -m numpy_amaml was still starting; nothing ran\n", done.stderr
