@@ -1,6 +1,9 @@
 """The CNN layers (conv2d, conv2d_naive, batchnorm, maxpool, meanpool, flatten) and the
 Omniglot CNN: every derivative against finite differences in float64 (≤ 1e-6), the fast
 convolution against the naive one, and task batches against a loop over tasks."""
+import itertools
+import types
+
 import numpy as np
 import pytest
 
@@ -111,6 +114,44 @@ def test_conv2d_bad_input():
         conv2d.forward(params, randn(rng, 2, 4, 4, 3))
 
 
+def _dx_by_indices(dy, W, shift):
+    """Stride 1, no task axis: dx[r, c] = Σ_{p,q} dy_pad[r + shift − p, c + shift − q] W[p, q]ᵀ
+    (dy_pad: dy zero-padded by one pixel; an index outside dy_pad contributes 0). shift = 2 is
+    the gather of the stride-1 input gradient; shift = 1 is the same sum one pixel off."""
+    N, H, Wd, _ = dy.shape
+    dy_pad = xp.pad(dy, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    dx = xp.zeros((N, H, Wd, W.shape[2]))
+    for r, c, p, q in itertools.product(range(H), range(Wd), range(3), range(3)):
+        a, b = r + shift - p, c + shift - q
+        if 0 <= a < H + 2 and 0 <= b < Wd + 2:
+            dx[:, r, c] += dy_pad[:, a, b] @ W[p, q].T
+    return dx
+
+
+@pytest.mark.parametrize("C_in, C_out", [(2, 3), (3, 2)])     # the layer scatters, then gathers
+def test_conv2d_stride1_input_grad_by_three_routes(C_in, C_out):
+    """For stride 1, dx = col2im(dy Wmᵀ) (the layer's backward) also equals the gather
+    dx = im2col(dy) W_flip_m with W_flip[p, q] = W[2 − p, 2 − q]ᵀ (the kernel flipped in space and
+    transposed in its channels), the double sum Σ_{p,q} dy_pad[r + 2 − p, c + 2 − q] W[p, q]ᵀ with
+    explicit indices, and conv2d_naive's loops over output pixels; the sum one pixel off
+    (dy_pad[r + 1 − p]) does not. The model answer of notebook 8's Question 8.3 quotes these."""
+    rng = np.random.default_rng(30 + C_in)
+    x, params = conv_case(rng, None, 2, 6, 5, C_in, C_out)         # non-square 6×5 images
+    W = params["W"]
+    y, cache = conv2d.forward(params, x, stride=1)
+    dy = randn(rng, *y.shape)
+    layer = conv2d.backward(dy, cache)[0]
+    W_flip = xp.swapaxes(W[::-1, ::-1], -1, -2)
+    routes = {
+        "im2col(dy) W_flip": (conv2d.im2col(dy, 1) @ W_flip.reshape(9 * C_out, C_in)).reshape(x.shape),
+        "sum, dy_pad[r+2-p]": _dx_by_indices(dy, W, shift=2),
+        "conv2d_naive": conv2d_naive.backward(dy, conv2d_naive.forward(params, x)[1])[0],
+    }
+    for name, dx in routes.items():
+        assert rel_error(dx, layer) <= 1e-13, f"{name}: rel_error {rel_error(dx, layer):.1e}"
+    assert rel_error(_dx_by_indices(dy, W, shift=1), layer) > 0.1
+
+
 # ---- batch norm, pooling, flatten -------------------------------------------------
 
 BN_CASES = [   # (x shape, gamma shape, config)
@@ -168,6 +209,21 @@ def test_batchnorm_rx_none_matches_zero_tangent():
     assert rel_error(Ry0, Ry1) <= 1e-12
     for a, b in zip(batchnorm.r_backward(dy, Rdy, cache, rc0), batchnorm.r_backward(dy, Rdy, cache, rc1)):
         assert rel_error(a, b) <= 1e-12
+
+
+def test_batchnorm_frozen_statistics_dx_fails_the_check():
+    """With μ and σ treated as constants, dx = γ dy/σ: the gradient of another function (a layer
+    with fixed statistics), which check_layer's backward:x rejects for batch statistics by a
+    relative error above 0.01, as the model answer of notebook 8's Question 8.10 says; the
+    package's dx passes the same check."""
+    rng = np.random.default_rng(9)
+    params = {"gamma": xp.asarray(rng.uniform(0.5, 1.5, 4)), "beta": randn(rng, 4)}
+    x = 2 + 3 * randn(rng, 6, 3, 3, 4)
+    frozen = types.SimpleNamespace(forward=batchnorm.forward, r_forward=batchnorm.r_forward,
+                                   r_backward=batchnorm.r_backward,
+                                   backward=lambda dy, cache: (dy * cache[1] / cache[2], batchnorm.backward(dy, cache)[1]))
+    assert check_layer(frozen, params, x, seed=3)["backward:x"] > 0.01
+    assert check_layer(batchnorm, params, x, seed=3)["backward:x"] <= TOL
 
 
 POOL_SHAPES = [(2, 4, 4, 2), (2, 1, 5, 7, 2), (3, 2, 6, 4, 1), (1, 3, 3, 3)]

@@ -3,10 +3,14 @@
 A written question's model answer sits in the instructor's version only (between the solution
 markers of a manually graded Markdown cell). A check of it does not belong in the notebook: a
 cell under the question would show the student the answer (the optimal step, the example, the
-2× and 4K/(K+1), the factor (1 − αλ)^K) before a teacher grades it. So the claims of those
-answers are checked here, each against the text of its answer where the answer quotes a number.
+2× and 4K/(K+1), the factor (1 − αλ)^K, the Gauss–Newton identity, the 50 GB) before a teacher
+grades it. So the claims of those answers are checked here, each against the text of its answer
+where the answer quotes a number.
 """
+import copy
+import dataclasses
 import re
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ import pytest
 from numpy_amaml import architectures, gradcheck
 from numpy_amaml.commands import assignments, bench
 from numpy_amaml.layers import linear
+from numpy_amaml.sinusoid import SinusoidTasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
@@ -75,6 +80,63 @@ def test_q1_3_reversed_columns_of_W_pass_with_dy_ones_and_fail_with_a_random_dy(
         wrong_dx = linear.backward(dy, (x, W[:, ::-1]))[0]
         err = gradcheck.rel_error(wrong_dx, right_dx)
         assert (err > 1e-2) if caught else (err < 1e-15), err
+
+
+# ---- Question 2.5: the matrix built without the cross terms -----------------------------
+
+def explicit_hessian(net, theta, x, y):
+    """The P x P matrix whose column j is net.hvp(e_j) (parameters flattened in sorted key order)."""
+    keys = sorted(theta)
+    sizes = [theta[k].size for k in keys]
+    def unit(j):
+        parts = np.split(np.eye(net.num_params())[j], np.cumsum(sizes)[:-1])
+        return {k: part.reshape(theta[k].shape) for k, part in zip(keys, parts)}
+    flat = lambda d: np.concatenate([np.ravel(d[k]) for k in keys])
+    return np.stack([flat(net.hvp(theta, x, y, unit(j))) for j in range(net.num_params())], axis=1), unit
+
+
+def test_q2_5_without_the_cross_terms_the_r_sweeps_give_the_gauss_newton_matrix(float64):
+    """Notebook 2's 1-5-5-1 network on its task of 20 points: G, built from HVPs with Linear's
+    r_backward at dy = 0 (no cross terms), equals J^T (2/N I) J with J the Jacobian of the 20
+    outputs (finite differences of predict) to 1e-8, is positive semidefinite, and is far from H."""
+    answer = model_answer("02", "q2_5_symmetry")
+    assert "**Gauss–Newton matrix**" in answer and r"$H_\ell = \tfrac2N I$" in answer
+    model = architectures.sinusoid_mlp(hidden=(5, 5))
+    theta = model.init_params(seed=1)
+    batch = SinusoidTasks(shots=20, seed=0).sample(1)[0]
+    xs, ys = batch.x_support[0], batch.y_support[0]
+    without_cross_terms = types.SimpleNamespace(
+        forward=linear.forward, backward=linear.backward, r_forward=linear.r_forward,
+        r_backward=lambda dy, Rdy, cache, rcache: linear.r_backward(np.zeros_like(dy), Rdy, cache, rcache))
+    model_g = copy.copy(model)
+    model_g.layers = tuple(dataclasses.replace(layer, module=without_cross_terms) if layer.module is linear
+                           else layer for layer in model.layers)
+    H, unit = explicit_hessian(model, theta, xs, ys)
+    G, _ = explicit_hessian(model_g, theta, xs, ys)
+    P = model.num_params()
+    J = np.stack([gradcheck.directional_derivative(lambda p: model.predict(p, xs).ravel(), theta, unit(j))
+                  for j in range(P)], axis=1)                                  # (20 outputs, P)
+    gauss_newton = J.T @ (2 / len(xs) * np.eye(len(xs))) @ J
+    assert gradcheck.rel_error(G, gauss_newton) < 1e-8
+    assert np.linalg.eigvalsh(G).min() > -1e-12 * np.abs(G).max()          # positive semidefinite
+    assert gradcheck.rel_error(G, H) > 0.3 and np.linalg.eigvalsh(H).min() < 0
+
+
+# ---- Question 2.6: the explicit Hessian of the Omniglot CNN -----------------------------
+
+def test_q2_6_the_omniglot_cnn_hessian_takes_about_50_GB_and_minutes_to_hours_of_hvps():
+    """P ≈ 1.1e5 and P² ≈ 1.3e10 as the answer quotes; 4P² bytes between 40 and 60 GB ("about 50 GB");
+    P HVPs at the time per HVP that notebook 2's cell asserts (1 ms to 0.3 s, one task, float32)
+    take between a minute and ten hours. (No timing here: the notebook measures.)"""
+    answer = model_answer("02", "q2_6_cost")
+    P = architectures.omniglot_cnn().num_params()
+    assert quoted(r"\$P \\approx (\d\.\d)\\times10\^(\d)\$", answer) == pytest.approx(P, rel=0.05)
+    assert quoted(r"\$P\^2 \\approx (\d\.\d)\\times10\^\{(\d+)\}\$", answer) == pytest.approx(P ** 2, rel=0.05)
+    assert "about 50 GB in float32" in answer and 40e9 < 4 * P ** 2 < 60e9
+    assert r"1 ms < $t_\text{HVP}$ < 0.3 s" in answer and "between a minute and ten hours" in answer
+    notebook = assignments.read_notebook(next(TUTORIALS.glob("02_*.ipynb")))
+    assert any("1e-3 < t_hvp_cnn < 0.3" in assignments.cell_source(cell) for cell in notebook["cells"])
+    assert 60 < P * 1e-3 and P * 0.3 < 10 * 3600
 
 
 # ---- Question 3.3: what second order costs ----------------------------------------------
