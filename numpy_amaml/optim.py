@@ -16,11 +16,16 @@ With γ_β = 0 both are plain SGD and Adam, bit for bit.
 ``update_rate`` and ``update_rate_normalized`` are the two rate steps, shared by α
 (numpy_amaml.alpha_maml) and β: one step, then a clamp to a positive floor (the caller
 counts the clamps).
+
+The steps are element-wise, so they run on θ as one vector (``params.flatten``: every tensor's
+entries in a row): one array operation per term of the formulas for all tensors together, where
+a loop over tensors would take one per tensor (on a GPU each is a kernel launch). The vectors
+are cut back into tensors as views (``params.unflatten``); the numbers are those of the loop.
 """
 import math
 
 from numpy_amaml.backend import xp
-from numpy_amaml.params import dot, norm
+from numpy_amaml.params import dot, flatten, norm, unflatten
 
 HYPER_RULES = ("additive", "normalized")
 
@@ -78,9 +83,9 @@ class SGD:
         self.prev_direction = None      # u_{t−1}; None before the first step
         self.beta_clamps = 0
 
-    def direction(self, grad):
-        """u_t = g_t."""
-        return grad
+    def direction(self, g):
+        """u_t = g_t (g: the meta-gradient as one vector, ``params.flatten``)."""
+        return g
 
     def beta_hypergradient(self, grad):
         """h_β = −⟨g_t, u_{t−1}⟩ (0 at the first step: no previous direction)."""
@@ -98,7 +103,8 @@ class SGD:
 
         "additive" uses h_β = ``beta_hypergradient(grad)``: β ← β − γ_β h_β;
         "normalized" uses cos_β = ``beta_cosine(grad)`` (computed here when None):
-        β ← β · exp(γ_β cos_β). Returns the new θ (``theta`` itself is not modified).
+        β ← β · exp(γ_β cos_β). Returns the new θ (``theta`` itself is not modified), its
+        arrays views of one vector, as are those of u_t (``prev_direction``).
         """
         if self.hyper_rule == "additive":
             self.beta, clamped = update_rate(self.beta, h_beta, self.hyper_lr, self.beta_floor)
@@ -106,9 +112,9 @@ class SGD:
             cos_beta = self.beta_cosine(grad) if cos_beta is None else cos_beta
             self.beta, clamped = update_rate_normalized(self.beta, cos_beta, self.hyper_lr, self.beta_floor)
         self.beta_clamps += clamped
-        u = self.direction(grad)
-        new_theta = {k: theta[k] - self.beta * u[k] for k in theta}
-        self.prev_direction = u
+        u = self.direction(flatten(grad))                      # u_t, all of θ's entries in one vector
+        new_theta = unflatten(flatten(theta) - self.beta * u, theta)
+        self.prev_direction = unflatten(u, grad)
         return new_theta
 
     def state_dict(self):
@@ -130,27 +136,28 @@ class Adam(SGD):
         self.m = self.v = None
         self.t = 0
 
-    def direction(self, grad):
-        """u_t = m̂_t / (√v̂_t + ε), after updating the moments with g_t."""
+    def direction(self, g):
+        """u_t = m̂_t / (√v̂_t + ε), after updating the moments with g_t; g, the moments m and v
+        and u_t are vectors over all of θ's entries (``params.flatten``)."""
         if self.m is None:
-            self.m = {k: xp.zeros_like(g) for k, g in grad.items()}
-            self.v = {k: xp.zeros_like(g) for k, g in grad.items()}
+            self.m, self.v = xp.zeros_like(g), xp.zeros_like(g)
         self.t += 1
-        u = {}
-        for k, g in grad.items():
-            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
-            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
-            m_hat = self.m[k] / (1 - self.b1 ** self.t)
-            v_hat = self.v[k] / (1 - self.b2 ** self.t)
-            u[k] = m_hat / (xp.sqrt(v_hat) + self.eps)
-        return u
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        self.v = self.b2 * self.v + (1 - self.b2) * g * g
+        m_hat = self.m / (1 - self.b1 ** self.t)
+        v_hat = self.v / (1 - self.b2 ** self.t)
+        return m_hat / (xp.sqrt(v_hat) + self.eps)
 
     def state_dict(self):
-        return {**super().state_dict(), "m": self.m, "v": self.v, "t": self.t}
+        """As SGD's, with the moments m and v as params dicts (views of the vectors) and t."""
+        moments = {name: None if vector is None else unflatten(vector, self.prev_direction)
+                   for name, vector in (("m", self.m), ("v", self.v))}
+        return {**super().state_dict(), **moments, "t": self.t}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.m, self.v, self.t = state["m"], state["v"], int(state["t"])
+        self.m, self.v = (None if state[name] is None else flatten(state[name]) for name in ("m", "v"))
+        self.t = int(state["t"])
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}

@@ -5,6 +5,8 @@ The few operations the method needs on whole dicts live here, once:
     dot_per_tensor(a, b) {name: Σ_entries a[name] ⊙ b[name]}           (per-tensor α)
     norm(a)              ‖a‖ = √⟨a, a⟩
     broadcast_to_tasks(θ, B)   φ_{i,0} = θ for B tasks: read-only (B, ...) views, no copies
+    flatten(a), unflatten(vector, like)    a dict as one vector and back (the meta-optimizers'
+                         element-wise steps: one array operation for all tensors, not one per tensor)
 
 With a leading task axis (B, ...) the sums run over the tasks too: ⟨λ, ∇L^tr⟩ summed over
 i is exactly the Σ_i of ∂J/∂α (docs/method.md §4).
@@ -35,3 +37,21 @@ def norm(a):
 def broadcast_to_tasks(theta, B):
     """φ_{i,0} = θ for every one of B tasks: (B, ...) read-only views of θ's arrays, no copies."""
     return {name: xp.broadcast_to(value, (B,) + value.shape) for name, value in theta.items()}
+
+
+def flatten(a):
+    """One vector of every entry of the params dict ``a``, tensor after tensor in its key order
+    (a copy): (Σ_name size,)."""
+    return xp.concatenate([xp.ravel(value) for value in a.values()])
+
+
+def unflatten(vector, like):
+    """The inverse of ``flatten``: {name: the entries of ``vector`` that belong to like[name], in
+    its shape}, views of ``vector`` (no copies). Only the names and shapes of ``like`` are read."""
+    out, start = {}, 0
+    for name, value in like.items():
+        out[name] = vector[start:start + value.size].reshape(value.shape)
+        start += value.size
+    if start != vector.shape[0]:
+        raise ValueError(f"unflatten: a vector of {vector.shape[0]} entries for params of {start}")
+    return out

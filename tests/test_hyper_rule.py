@@ -344,3 +344,63 @@ def test_additive_rule_depends_on_the_scale_of_the_loss(c):
     assert scaled[0][0] - 0.01 == pytest.approx(c ** 3 * (reference[0][0] - 0.01), rel=1e-9)
     assert np.max(np.abs(scaled[0] - reference[0]) / reference[0]) > 1e-2, "additive α should depend on c"
     assert np.max(np.abs(scaled[1] - reference[1]) / reference[1]) > 1e-3, "additive β should depend on c"
+
+
+def adam_step_tensor_by_tensor(theta, grad, m, v, t, beta, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam's step written as a loop over the tensors (θ, grad, m, v dicts; t the step number):
+    (new θ, m, v, u), the reference for the optimizer's one-vector step."""
+    m = {k: b1 * m[k] + (1 - b1) * g for k, g in grad.items()}
+    v = {k: b2 * v[k] + (1 - b2) * g * g for k, g in grad.items()}
+    u = {k: (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps) for k in grad}
+    return {k: theta[k] - beta * u[k] for k in theta}, m, v, u
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make_optimizer", [lambda: SGD(beta=0.01, hyper_lr=0.05, hyper_rule="normalized"),
+                                            lambda: Adam(beta=0.01, hyper_lr=0.05, hyper_rule="normalized")],
+                         ids=["sgd", "adam"])
+def test_the_one_vector_step_is_the_tensor_by_tensor_step_bit_for_bit(make_optimizer, dtype):
+    """The optimizers step on θ as one vector (params.flatten); over 5 steps with β moving, θ, u_t
+    and Adam's moments (as the state_dict's per-tensor dicts) equal a loop over the tensors
+    exactly, in float32 and float64; the returned θ and u_t are views of one vector each."""
+    rng = np.random.default_rng(0)
+    shapes = {"W": (3, 4), "b": (4,), "gamma": (2, 3, 5)}
+    theta = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    optimizer, reference = make_optimizer(), dict(theta)
+    m = {k: np.zeros(s, dtype) for k, s in shapes.items()}
+    v = dict(m)
+    for t in range(1, 6):
+        grad = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+        theta = optimizer.step(theta, grad, optimizer.beta_hypergradient(grad))
+        if isinstance(optimizer, Adam):
+            reference, m, v, u = adam_step_tensor_by_tensor(reference, grad, m, v, t, optimizer.beta)
+            state = optimizer.state_dict()
+            assert all(np.array_equal(state["m"][k], m[k]) and np.array_equal(state["v"][k], v[k]) for k in shapes)
+        else:
+            u = grad
+            reference = {k: reference[k] - optimizer.beta * grad[k] for k in shapes}
+        for k in shapes:
+            assert theta[k].dtype == dtype and np.array_equal(theta[k], reference[k]), (t, k)
+            assert np.array_equal(optimizer.prev_direction[k], u[k]), (t, k)
+    bases = {id(a.base) for a in theta.values()} | {id(a.base) for a in optimizer.prev_direction.values()}
+    assert len(bases) == 2 and all(a.base is not None for a in theta.values())
+
+
+def test_adam_continues_from_a_checkpoint_of_per_tensor_moments():
+    """A state_dict holds the moments as per-tensor dicts (the checkpoint's layout, as before the
+    one-vector step): loading one and stepping on gives exactly what the uninterrupted optimizer gives."""
+    rng = np.random.default_rng(1)
+    theta = {"W": rng.standard_normal((3, 4)), "b": rng.standard_normal(4)}
+    grads = [{k: rng.standard_normal(a.shape) for k, a in theta.items()} for _ in range(4)]
+    whole, first = Adam(beta=0.01), Adam(beta=0.01)
+    theta_whole = theta_first = theta
+    for g in grads[:2]:
+        theta_whole, theta_first = whole.step(theta_whole, g, 0.0), first.step(theta_first, g, 0.0)
+    state = copy.deepcopy(first.state_dict())
+    assert set(state["m"]) == set(theta) and state["m"]["W"].shape == (3, 4)
+    resumed = Adam(beta=0.01)
+    resumed.load_state_dict(state)
+    theta_resumed = {k: a.copy() for k, a in theta_first.items()}
+    for g in grads[2:]:
+        theta_whole, theta_resumed = whole.step(theta_whole, g, 0.0), resumed.step(theta_resumed, g, 0.0)
+    assert all(np.array_equal(theta_whole[k], theta_resumed[k]) for k in theta)
