@@ -357,3 +357,31 @@ def test_omniglot_cnn_structure():
         omniglot_cnn(downsample="avgpool")
     with pytest.raises(ValueError, match="too small"):
         omniglot_cnn(downsample="maxpool", image_size=12)
+
+
+def maxpool_by_loops(x):
+    """2x2 max pooling, window by window: the first largest entry in the order top-left, top-right,
+    bottom-left, bottom-right wins. (y, mask) with mask as maxpool's cache holds it."""
+    lead, (H, W, C) = x.shape[:-3], x.shape[-3:]
+    y = np.zeros(lead + (H // 2, W // 2, C))
+    mask = np.zeros(lead + (H // 2, 2, W // 2, 2, C), dtype=bool)
+    for index in np.ndindex(*lead):
+        for i in range(H // 2):
+            for j in range(W // 2):
+                for c in range(C):
+                    window = [x[index + (2 * i + p, 2 * j + q, c)] for p in (0, 1) for q in (0, 1)]
+                    w = next(n for n, value in enumerate(window) if value == max(window))
+                    y[index + (i, j, c)] = window[w]
+                    mask[index + (i, w // 2, j, w % 2, c)] = True
+    return y, mask
+
+
+@pytest.mark.parametrize("x_shape", POOL_SHAPES + [(2, 3, 7, 6, 2)])
+def test_maxpool_forward_equals_the_window_by_window_loop_with_ties(x_shape):
+    """Entries drawn from {0, 1, 2}, so most windows tie: the output and the winners (the first
+    largest entry in reading order) are those of a plain loop over the windows, exactly."""
+    x = np.random.default_rng(sum(x_shape)).integers(0, 3, size=x_shape).astype(float)
+    y, (mask, shape) = maxpool.forward({}, xp.asarray(x))
+    want_y, want_mask = maxpool_by_loops(x)
+    assert np.array_equal(backend.to_numpy(y), want_y) and np.array_equal(backend.to_numpy(mask), want_mask)
+    assert shape == x_shape
