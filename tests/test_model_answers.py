@@ -9,6 +9,7 @@ where the answer quotes a number.
 """
 import copy
 import dataclasses
+import csv
 import re
 import types
 from pathlib import Path
@@ -213,3 +214,24 @@ def test_q3_4_on_a_quadratic_inner_steps_and_adjoints_scale_by_one_minus_alpha_l
     factor = (1 - alpha * 10.0) ** K
     assert np.isclose(phi[1], factor) and np.isclose(adjoint[1], factor)
     assert (abs(factor) < 1) == (alpha * 10.0 < 2)
+
+
+# ---- Question 6.1: why the repair from a small β₀ is slow --------------------------------
+
+def test_q6_1_from_the_bad_start_only_a_gamma_beta_above_the_grids_ends_below_the_threshold():
+    """The answer cites docs/sensitivity_sinusoid_hyper.csv: from α₀ = 0.001, β₀ = 1e-4 the grid's
+    γ_β = 1e-7 ends at a mean MSE of 0.74 (two seeds), above the grid's threshold 0.596
+    (docs/sensitivity_sinusoid_grid.csv's header), and every γ_β ≥ 3e-7 ends below it."""
+    answer = model_answer("06", "q6_1_which_starts")
+    lines = (ROOT / "docs" / "sensitivity_sinusoid_hyper.csv").read_text(encoding="utf-8").splitlines()
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    mse = {}
+    for row in rows:
+        if row["sweep"] == "gamma_beta" and (float(row["alpha0"]), float(row["beta0"])) == (0.001, 1e-4):
+            mse.setdefault(float(row["gamma_beta"]), []).append(float(row["metric"]))
+    mean = {gamma: sum(values) / len(values) for gamma, values in mse.items()}
+    header = (ROOT / "docs" / "sensitivity_sinusoid_grid.csv").read_text(encoding="utf-8")
+    threshold = float(re.search(r"threshold here: ([\d.]+)", header).group(1))
+    assert f"ends at a mean MSE of {mean[1e-7]:.2f}" in answer and f"threshold {threshold:.3f}" in answer
+    assert mean[1e-7] > threshold and all(m < threshold for gamma, m in mean.items() if gamma >= 3e-7)
+    assert len(mse[1e-7]) == 2 and any(gamma >= 3e-7 for gamma in mean)
