@@ -14,14 +14,19 @@ i is exactly the Σ_i of ∂J/∂α (docs/method.md §4).
 import math
 
 from numpy_amaml.backend import xp
+from numpy_amaml.parallel import one_blas_thread
 
 
 def dot_per_tensor(a, b):
     """{name: Σ over every entry (and task) of a[name] ⊙ b[name]}, as floats (``vdot``: one
     BLAS call per tensor, no product array). The T results are stacked where they were computed
-    and read as floats once: on a GPU every read waits for the device, so one read, not T."""
+    and read as floats once: on a GPU every read waits for the device, so one read, not T.
+    BLAS runs on one thread here, as in every per-task computation (numpy_amaml.parallel): a
+    threaded BLAS splits a long dot product and changes the order of its sum, and its second
+    thread, waiting for a busy core, can make a dot product of microseconds take milliseconds."""
     names = list(a)
-    return dict(zip(names, xp.stack([xp.vdot(a[name], b[name]) for name in names]).tolist()))
+    with one_blas_thread():
+        return dict(zip(names, xp.stack([xp.vdot(a[name], b[name]) for name in names]).tolist()))
 
 
 def dot(a, b):

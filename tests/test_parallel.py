@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from numpy_amaml import backend, architectures, parallel
+from numpy_amaml import backend, architectures, parallel, params
 from numpy_amaml.maml import TaskBatch, meta_gradient
 
 
@@ -213,3 +213,27 @@ def test_training_run_is_identical_with_threads_and_restores_the_setting(restore
     assert parallel.threads() == 1
     assert_same(two.learner.theta, one.learner.theta)
     assert two.learner.alpha == one.learner.alpha
+
+
+@pytest.mark.skipif(backend.backend_name() != "numpy", reason="BLAS threads are a CPU matter")
+def test_per_tensor_dot_products_run_on_one_blas_thread(float64, monkeypatch):
+    """params.dot_per_tensor (β's hypergradient and cosine, the gradient's norm) limits BLAS to one
+    thread, like the per-task computations: with BLAS allowed two threads each vdot runs on one, and
+    the numbers are those of one thread bit for bit, on a vector long enough for OpenBLAS to split
+    (a conv weight of MAML's CNN, 36,864 entries)."""
+    rng = np.random.default_rng(0)
+    a = {"conv.W": rng.standard_normal((3, 3, 64, 64)), "b": rng.standard_normal(64)}
+    b = {name: rng.standard_normal(value.shape) for name, value in a.items()}
+    with threadpool_limits(limits=2, user_api="blas"):
+        if min(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas") < 2:
+            pytest.skip("BLAS cannot use two threads here")
+        seen, vdot = [], np.vdot
+
+        def counting_vdot(u, v):
+            seen.append(max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"))
+            return vdot(u, v)
+        monkeypatch.setattr(backend.xp, "vdot", counting_vdot)
+        threaded = params.dot_per_tensor(a, b)
+        assert seen == [1, 1]
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert params.dot_per_tensor(a, b) == threaded
