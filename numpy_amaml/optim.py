@@ -104,7 +104,8 @@ class SGD:
         "additive" uses h_β = ``beta_hypergradient(grad)``: β ← β − γ_β h_β;
         "normalized" uses cos_β = ``beta_cosine(grad)`` (computed here when None):
         β ← β · exp(γ_β cos_β). Returns the new θ (``theta`` itself is not modified), its
-        arrays views of one vector, as are those of u_t (``prev_direction``).
+        arrays views of one vector, as are those of u_t (``prev_direction``). ``grad`` is matched
+        to θ by name; θ, grad and the moments share one dtype (one vector holds them).
         """
         if self.hyper_rule == "additive":
             self.beta, clamped = update_rate(self.beta, h_beta, self.hyper_lr, self.beta_floor)
@@ -112,9 +113,9 @@ class SGD:
             cos_beta = self.beta_cosine(grad) if cos_beta is None else cos_beta
             self.beta, clamped = update_rate_normalized(self.beta, cos_beta, self.hyper_lr, self.beta_floor)
         self.beta_clamps += clamped
-        u = self.direction(flatten(grad))                      # u_t, all of θ's entries in one vector
+        u = self.direction(flatten({name: grad[name] for name in theta}))   # u_t: θ's entries, in θ's order
         new_theta = unflatten(flatten(theta) - self.beta * u, theta)
-        self.prev_direction = unflatten(u, grad)
+        self.prev_direction = unflatten(u, theta)
         return new_theta
 
     def state_dict(self):

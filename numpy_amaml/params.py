@@ -25,6 +25,8 @@ def dot_per_tensor(a, b):
     threaded BLAS splits a long dot product and changes the order of its sum, and its second
     thread, waiting for a busy core, can make a dot product of microseconds take milliseconds."""
     names = list(a)
+    if not names:
+        return {}
     with one_blas_thread():
         return dict(zip(names, xp.stack([xp.vdot(a[name], b[name]) for name in names]).tolist()))
 
@@ -45,18 +47,19 @@ def broadcast_to_tasks(theta, B):
 
 
 def flatten(a):
-    """One vector of every entry of the params dict ``a``, tensor after tensor in its key order
-    (a copy): (Σ_name size,)."""
+    """One vector of every entry of the params dict ``a`` (at least one tensor), tensor after
+    tensor in its key order (a copy): (Σ_name size,)."""
     return xp.concatenate([xp.ravel(value) for value in a.values()])
 
 
 def unflatten(vector, like):
     """The inverse of ``flatten``: {name: the entries of ``vector`` that belong to like[name], in
     its shape}, views of ``vector`` (no copies). Only the names and shapes of ``like`` are read."""
+    size = sum(value.size for value in like.values())
+    if vector.shape != (size,):
+        raise ValueError(f"unflatten: a vector of shape {tuple(vector.shape)} for params of {size} entries")
     out, start = {}, 0
     for name, value in like.items():
         out[name] = vector[start:start + value.size].reshape(value.shape)
         start += value.size
-    if start != vector.shape[0]:
-        raise ValueError(f"unflatten: a vector of {vector.shape[0]} entries for params of {start}")
     return out

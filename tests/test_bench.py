@@ -143,6 +143,11 @@ def test_an_iteration_reads_each_set_of_per_tensor_dots_once():
         dots = params.dot_per_tensor(a, b)
         assert list(dots) == list(a) and all(type(v) is float for v in dots.values())
         assert dots == {n: float(np.vdot(a[n], b[n])) for n in a}
+    assert params.dot_per_tensor({}, {}) == {} and params.dot({}, {}) == 0.0
+    vector = params.flatten(a)
+    assert vector.shape == (12 + 4 + 10,) and all(np.array_equal(v, a[n]) for n, v in params.unflatten(vector, a).items())
+    with pytest.raises(ValueError, match=r"shape \(25,\) for params of 26 entries"):
+        params.unflatten(vector[:-1], a)
 
 
 def test_count_ops_prints_the_table(capsys):

@@ -693,17 +693,18 @@ def test_assignments_mistakes_are_one_line_without_errno(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_ctrl_c_while_the_package_loads_is_one_line():
+@pytest.mark.parametrize("module", ["numpy", "numpy_amaml.backend", "numpy_amaml.cli"])
+def test_ctrl_c_while_the_package_loads_is_one_line(module):
     """A Ctrl-C that arrives while ``python -m numpy_amaml`` is still importing NumPy and the
     package (before any command's handler exists) ends in one line with status 130, not a
-    traceback. The Ctrl-C is made to arrive exactly there: the import of numpy_amaml.cli raises it."""
+    traceback. The Ctrl-C is made to arrive exactly there: the first import of ``module`` raises it."""
     starter = ("import builtins, runpy, sys\n"
                "real_import = builtins.__import__\n"
-               "def ctrl_c_on_cli(name, *args, **kwargs):\n"
-               "    if name == 'numpy_amaml.cli':\n"
+               "def ctrl_c_on_import(name, *args, **kwargs):\n"
+               f"    if name == {module!r}:\n"
                "        raise KeyboardInterrupt\n"
                "    return real_import(name, *args, **kwargs)\n"
-               "builtins.__import__ = ctrl_c_on_cli\n"
+               "builtins.__import__ = ctrl_c_on_import\n"
                "sys.argv = ['numpy_amaml', 'gradcheck']\n"
                "runpy.run_module('numpy_amaml', run_name='__main__', alter_sys=True)\n")
     done = subprocess.run([sys.executable, "-c", starter], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -404,3 +404,17 @@ def test_adam_continues_from_a_checkpoint_of_per_tensor_moments():
     for g in grads[2:]:
         theta_whole, theta_resumed = whole.step(theta_whole, g, 0.0), resumed.step(theta_resumed, g, 0.0)
     assert all(np.array_equal(theta_whole[k], theta_resumed[k]) for k in theta)
+
+
+def test_the_gradient_is_matched_to_theta_by_name_not_by_position():
+    """A gradient dict in another key order than θ gives the same step (the one-vector step
+    flattens it in θ's order), and prev_direction follows θ's order."""
+    rng = np.random.default_rng(2)
+    theta = {"W": rng.standard_normal((2, 3)), "b": rng.standard_normal(3)}
+    grad = {"W": rng.standard_normal((2, 3)), "b": rng.standard_normal(3)}
+    reordered = {"b": grad["b"], "W": grad["W"]}
+    for make in (lambda: SGD(beta=0.1), lambda: Adam(beta=0.1)):
+        in_order, shuffled = make(), make()
+        want, got = in_order.step(theta, grad, 0.0), shuffled.step(theta, reordered, 0.0)
+        assert list(got) == list(theta) and list(shuffled.prev_direction) == list(theta)
+        assert all(np.array_equal(got[k], want[k]) for k in theta)

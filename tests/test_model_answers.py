@@ -201,9 +201,11 @@ def test_q3_3_second_order_costs_about_twice_first_order_and_4K_over_K_plus_1():
 
 @pytest.mark.parametrize("alpha", [0.19, 0.21])
 def test_q3_4_on_a_quadratic_inner_steps_and_adjoints_scale_by_one_minus_alpha_lambda(alpha):
-    """On L(φ) = φᵀHφ/2 with λ_max = 10 the component of φ_K along the top eigenvector is
-    (1 − αλ_max)^K times that of φ_0, and so is the adjoint's: below the threshold αλ_max = 2 it
-    shrinks, above it grows."""
+    """The answer states the threshold 0 < αλ < 2 and the factor (1 − αλ_max)^K; its argument,
+    replayed on numbers: on L(φ) = φᵀHφ/2 with λ_max = 10 the component of φ_K along the top
+    eigenvector is (1 − αλ_max)^K times that of φ_0, and so is the adjoint's, shrinking below the
+    threshold and growing above it. (The replay holds by construction; what can fail here is the
+    answer's text.)"""
     answer = model_answer("03", "q3_4_alpha_lambda_max")
     assert r"$0 < \alpha\lambda < 2$" in answer and r"$(1 - \alpha\lambda_\max)^K$" in answer
     H, K = np.diag([1.0, 10.0]), 10
