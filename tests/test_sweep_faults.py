@@ -400,3 +400,28 @@ def test_an_overflow_in_a_rate_update_is_a_diverged_cell(tmp_path, capsys, optio
     (row,) = sweep_results.read_csv(out / "results.csv")
     assert row["diverged"] == "True" and 1 <= int(row["diverged_at"]) <= 5 and row["converged"] == "False"
     assert math.isfinite(float(row["final_alpha"])) and math.isfinite(float(row["final_beta"]))
+
+
+def test_ctrl_c_of_a_sweep_on_a_dask_cluster_is_one_line_and_cancels_the_waiting_cells(tmp_path, capsys):
+    """Two cells that never finish, on a cluster with one worker: a Ctrl-C while the first trains
+    ends the sweep in one line (status 130) that says the cell running on the cluster cannot be
+    stopped there, cancels the other before it starts, and releases the sweep folder."""
+    distributed = pytest.importorskip("distributed")
+    from numpy_amaml.folder_lock import held_by
+    out = tmp_path / "sweep"
+    cells = ("maml_a0.01_b0.001_s0", "maml_a0.02_b0.001_s0")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        def press_ctrl_c():
+            wait_for(lambda: any(training(out, name) for name in cells), seconds=120)
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=press_ctrl_c, daemon=True).start()
+        status = sweep_main(out, "--alphas", "0.01,0.02", "--methods", "maml",
+                            "--dask-scheduler", cluster.scheduler_address, *FOREVER)
+        line = one_line_error(capsys.readouterr().err, start="interrupted: ")
+        assert status == 130
+        assert "the cells running on the Dask cluster cannot be stopped there" in line
+        assert f"finished cells are kept in {out / 'cells'}" in line and "run the same command again" in line
+        started = [name for name in cells if (out / "cells" / name).exists()]
+        assert len(started) == 1, started                          # the other one was cancelled
+        assert held_by(out) is None

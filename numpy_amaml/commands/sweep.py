@@ -179,8 +179,8 @@ def run(args):
     130 / 143 when stopped by SIGINT (Ctrl-C) / SIGTERM.
 
     The first such signal stops the sweep: no further cell starts, the running ones are ended
-    (numpy_amaml.executors), the finished ones are kept. A second one skips the wait for the
-    running cells to end."""
+    (numpy_amaml.executors; on a Dask cluster they cannot be, and finish there), the finished ones
+    are kept. A second one skips the wait for the running cells to end."""
     started, out, lock, signals = time.perf_counter(), None, None, []
 
     def stop(signum, frame):
@@ -227,7 +227,10 @@ def run(args):
         if lock is None:
             print(f"{what} before the sweep started: nothing was written", file=sys.stderr)
         else:
-            print(f"{what}: the finished cells are kept in {out / CELLS_DIR}, the running ones were stopped; "
+            running = ("the cells running on the Dask cluster cannot be stopped there and will still write their "
+                       "results, the others were cancelled" if isinstance(executor, DaskExecutor)
+                       else "the running ones were stopped")
+            print(f"{what}: the finished cells are kept in {out / CELLS_DIR}, {running}; "
                   f"run the same command again to resume", file=sys.stderr)
         return 128 + signum
     finally:
