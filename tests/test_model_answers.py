@@ -4,9 +4,8 @@ A written question's model answer sits in the instructor's version only (between
 markers of a manually graded Markdown cell). A check of it does not belong in the notebook: a
 cell under the question would show the student the answer (the optimal step, the example, the
 2× and 4K/(K+1), the factor (1 − αλ)^K, the Gauss–Newton identity, the 50 GB, the sweep behind
-6.1) before a teacher
-grades it. So the claims of those answers are checked here, each against the text of its answer
-where the answer quotes a number.
+6.1) before a teacher grades it. So the claims of those answers are checked here, each against
+the text of its answer where the answer quotes a number.
 """
 import copy
 import csv
