@@ -23,6 +23,7 @@ import pytest
 
 from numpy_amaml import executors, sweep, sweep_results
 from numpy_amaml.cli import main
+from tests.test_faults import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--no-progress", "--no-figures"]
@@ -56,14 +57,6 @@ def start_sweep(out, *options):
     return subprocess.Popen([sys.executable, "-m", "numpy_amaml", "sweep", "--out", str(out), *map(str, options)],
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, seconds=60):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 def group_is_gone(pgid):
